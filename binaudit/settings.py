@@ -1,0 +1,170 @@
+"""The one configuration object of binaudit.
+
+Built once in the CLI entry point (``Settings()``) and passed down; nothing below the entry
+point reads ``os.environ``. Environment variables use the prefix ``BINAUDIT_`` and ``__`` for
+nesting, e.g. ``BINAUDIT_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:59092``. A ``.env`` file in the
+working directory is read too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:59092"
+    topic: str = "bin-events"
+    group_id: str = "binaudit-worker"
+    dlq_topic: str | None = None
+    client_id: str = "binaudit"
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_message_bytes: int = 1_048_576
+    # Security pass-through (documented in the README); PLAINTEXT on loopback.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def client_kwargs(self) -> dict[str, object]:
+        """Keyword arguments shared by kafka-python's producer, consumer and admin client."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        for key, value in (
+            ("ssl_cafile", self.ssl_cafile),
+            ("ssl_certfile", self.ssl_certfile),
+            ("ssl_keyfile", self.ssl_keyfile),
+        ):
+            if value is not None:
+                kwargs[key] = str(value)
+        return kwargs
+
+
+class S3Settings(BaseModel):
+    model_config = _FROZEN
+
+    endpoint_url: str | None = "http://127.0.0.1:55000"
+    region: str = "us-east-1"
+    access_key_id: SecretStr = SecretStr("testing")
+    secret_access_key: SecretStr = SecretStr("testing")
+    anonymous: bool = False
+    # Bucket events point at; the demo seeds it in the real ABID layout.
+    bucket: str = "binaudit-images"
+    # Image URIs outside these buckets become dead letters (kind bucket_not_allowed).
+    allowed_buckets: tuple[str, ...] = ("binaudit-images",)
+    max_concurrency: int = 32
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 5
+
+
+class AbidSourceSettings(BaseModel):
+    """Where the public Amazon Bin Image Dataset lives (used by ``binaudit data fetch``)."""
+
+    model_config = _FROZEN
+
+    bucket: str = "aft-vbi-pds"
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    anonymous: bool = True
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    concurrency: int = 16
+    max_attempts: int = 6
+
+
+class DatabaseSettings(BaseModel):
+    model_config = _FROZEN
+
+    # A URL may carry a password, so it is a secret: never logged.
+    url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:55432/binaudit")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+    sslrootcert: Path | None = None
+    pool_size: int = 5
+
+    def connect_args(self) -> dict[str, str]:
+        """libpq options that travel next to the URL (TLS)."""
+        args: dict[str, str] = {}
+        if self.sslmode:
+            args["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            args["sslrootcert"] = str(self.sslrootcert)
+        return args
+
+
+class WorkerSettings(BaseModel):
+    model_config = _FROZEN
+
+    model_path: Path = Path("artifacts/models/current")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_wait_ms: int = Field(50, ge=1)
+    # Bounded queues: events fetched/decoded but not yet written. Full => pause partitions.
+    max_in_flight: int = Field(256, ge=1)
+    decode_workers: int = Field(2, ge=1)
+    poll_max_records: int = 64
+    uncertain_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    metrics_port: int | None = 9108
+    shutdown_deadline_s: float = 30.0
+    retry_backoff_initial_s: float = 0.5
+    retry_backoff_max_s: float = 10.0
+    # Test/bench hook: a per-batch sleep that simulates a slow model (seconds).
+    artificial_delay_s: float = 0.0
+    # Stop when every assigned partition is at its end offset (demo and tests).
+    exit_when_idle_s: float | None = None
+
+
+class ServicesSettings(BaseModel):
+    """Ports and folders of the local Kafka/Postgres/S3 run by ``binaudit services``."""
+
+    model_config = _FROZEN
+
+    root: Path = Path(".services")
+    kafka_port: int = 59092
+    kafka_controller_port: int = 59093
+    postgres_port: int = 55432
+    s3_port: int = 55000
+    kafka_jars: Path = Path.home() / ".cache" / "binaudit" / "kafka-jars"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BINAUDIT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    kafka: KafkaSettings = KafkaSettings()
+    s3: S3Settings = S3Settings()
+    abid: AbidSourceSettings = AbidSourceSettings()
+    db: DatabaseSettings = DatabaseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    services: ServicesSettings = ServicesSettings()

@@ -1,0 +1,37 @@
+"""Alembic environment: the URL comes from binaudit's settings object."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from binaudit.settings import Settings
+from worker.db.tables import metadata
+
+config = context.config
+# `binaudit db upgrade` passes its Settings; the plain `alembic` CLI is an entry point too.
+settings: Settings = config.attributes.get("settings") or Settings()
+target_metadata = metadata
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=settings.db.url.get_secret_value(), target_metadata=target_metadata,
+                      literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(settings.db.url.get_secret_value(), poolclass=pool.NullPool,
+                           connect_args=settings.db.connect_args())
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

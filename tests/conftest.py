@@ -1,0 +1,126 @@
+"""Shared fixtures: the real local services (Kafka, Postgres, moto S3) and factories.
+
+Services are started through the project's own supervisor (``binaudit services up``) if they
+are not already running, and migrated to head once per session. Each test gets its own topic,
+consumer group and bucket names, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
+from sqlalchemy import Engine, create_engine, text
+
+from binaudit.services import LocalServices
+from binaudit.settings import Settings
+from migrations.runner import upgrade
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SAMPLE_DIR = SHARED_DATA / "abid-sample"
+FILE_LIST = SHARED_DATA / "abid" / "file_list.json"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    if not (SAMPLE_DIR / "labels.csv").exists():
+        pytest.fail(f"real ABID sample not found at {SAMPLE_DIR} (see ../shared/data/README.md)")
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings(environment="test")
+
+
+@pytest.fixture(scope="session")
+def services(base_settings: Settings) -> Settings:
+    """Start Kafka, Postgres and S3 if needed and migrate the database to head."""
+    supervisor = LocalServices(base_settings)
+    if not all(s.up for s in supervisor.status()):
+        supervisor.up()
+    upgrade(base_settings, "head")
+    return base_settings
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def settings_factory(services: Settings) -> SettingsFactory:
+    """Build a Settings whose nested sections are updated from keyword dicts.
+
+    ``settings_factory(kafka={"topic": "t"}, worker={"max_batch_size": 4})``
+    """
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        update = {
+            name: getattr(services, name).model_copy(update=values)
+            for name, values in sections.items()
+        }
+        return services.model_copy(update=update)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def db_engine(services: Settings) -> Iterator[Engine]:
+    engine = create_engine(services.db.url.get_secret_value())
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean_db(db_engine: Engine) -> Engine:
+    """Empty the worker's tables (the schema stays at head)."""
+    with db_engine.begin() as conn:
+        tables = conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname='public' "
+            "AND tablename <> 'alembic_version'"
+        )).scalars().all()
+        if tables:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    return db_engine
+
+
+@pytest.fixture
+def topic_factory(services: Settings) -> Iterator[Callable[..., str]]:
+    admin = KafkaAdminClient(**services.kafka.client_kwargs())
+
+    def make(partitions: int = 3, prefix: str = "test-bin-events") -> str:
+        name = unique(prefix)
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        return name
+
+    yield make
+    admin.close()
+
+
+@pytest.fixture
+def s3_client(services: Settings) -> Any:
+    cfg = services.s3
+    return boto3.client(
+        "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
+        aws_access_key_id=cfg.access_key_id.get_secret_value(),
+        aws_secret_access_key=cfg.secret_access_key.get_secret_value(),
+    )
+
+
+@pytest.fixture
+def bucket_factory(s3_client: Any) -> Callable[..., str]:
+    def make(prefix: str = "test-bucket") -> str:
+        name = unique(prefix)
+        s3_client.create_bucket(Bucket=name)
+        return name
+
+    return make
