@@ -124,3 +124,38 @@ def bucket_factory(s3_client: Any) -> Callable[..., str]:
         return name
 
     return make
+
+
+ArtifactFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> ArtifactFactory:
+    """Write a real (untrained, seeded) model artifact in the trainer's format.
+
+    Accuracy is irrelevant to pipeline tests; the artifact format, loader and forward pass
+    are the real ones. ``version`` distinguishes model A from model B in replay tests.
+    """
+    from datetime import UTC, datetime
+
+    import torch
+
+    from trainer.model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_model, save_artifact
+
+    def make(version: str = "test-lite0-a", *, input_size: int = 160, seed: int = 0,
+             architecture: str = "efficientnet_lite0") -> Path:
+        directory = tmp_path_factory.mktemp("artifacts") / version
+        torch.manual_seed(seed)
+        model = build_model(architecture, 5, weights=None)
+        card = ModelCard(version=version, architecture=architecture,
+                         class_counts=[1, 2, 3, 4, 5], input_size=input_size,
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD, created_at=datetime.now(UTC),
+                         code_version="test")
+        return save_artifact(directory, model, card)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_artifact(model_artifact_factory: ArtifactFactory) -> Path:
+    return model_artifact_factory()

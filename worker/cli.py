@@ -8,4 +8,6 @@ import typer
 def register(app: typer.Typer) -> None:
     """Mount the worker package's commands on the root app."""
     # Each feature module owns its typer commands; add one line per module.
-    _ = app
+    from worker.run_cli import worker
+
+    app.command("worker")(worker)

@@ -1,0 +1,317 @@
+"""The worker: Kafka consumer-group member → shared inference pipeline → Postgres → commit.
+
+Delivery is at-least-once with idempotent writes, so effectively once:
+rows of a batch are written in one transaction (ON CONFLICT DO NOTHING), then the next
+offsets are committed; commits also run on partition revoke and on shutdown. A bad message
+becomes a dead-letter row and its offset advances; a broken dependency (Postgres, S3) pauses
+consumption and is retried, and no offset passes an unwritten row.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from binaudit.settings import Settings
+from schemas.events import decode_event
+from schemas.records import EventError
+from worker.inference import Counter, ImageLimits, Preprocessor
+from worker.io.kafka_source import EventSource
+from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
+from worker.io.s3_images import FetchPolicy, ImageFetcher
+from worker.metrics import HealthServer, WorkerMetrics
+from worker.offsets import OffsetTracker, TopicPartitionKey
+from worker.outcomes import dead_letter_record, verdict_records
+from worker.pipeline import InferencePipeline, Outcome, PipelineConfig, Position, WorkItem
+
+log = logging.getLogger(__name__)
+
+MAX_RETRYABLE_ATTEMPTS = 3
+
+
+@dataclass
+class RunStats:
+    events: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started_at
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, counter: Counter | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.worker
+        self._counter = counter
+        self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        self.tracker = OffsetTracker()
+        self.stats = RunStats()
+        self._outcomes: queue.Queue[Outcome] = queue.Queue()
+        self._pending = WriteBatch()
+        self._pending_positions: list[Position] = []
+        self._attempts: dict[Position, int] = {}
+        self._stop = threading.Event()
+        self._sink_failed = False
+        self._sink_retry_at = 0.0
+        self._backoff = self.cfg.retry_backoff_initial_s
+        self._paused = False
+        self._last_activity = time.monotonic()
+        self._ready = False
+
+    # ---- public ---------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        log.info("stop requested: draining in-flight events")
+        self._stop.set()
+
+    def run(self) -> RunStats:
+        """Consume until stopped (signal, or idle when ``exit_when_idle_s`` is set)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        with ExitStack() as stack:
+            counter = self._counter or Counter.from_artifact(self.cfg.model_path, self.cfg.device)
+            warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
+            log.info("model %s warmed up in %.2fs", counter.version, warm)
+            self.counter = counter
+            self.sink = stack.enter_context(ResultSink(self.settings.db))
+            self._register_model()
+            fetcher = stack.enter_context(ImageFetcher(self.settings.s3, FetchPolicy(
+                allowed_buckets=frozenset(self.settings.s3.allowed_buckets),
+                max_bytes=self.cfg.max_image_bytes,
+                backoff_initial_s=self.cfg.retry_backoff_initial_s,
+                backoff_max_s=self.cfg.retry_backoff_max_s)))
+            self.pipeline = stack.enter_context(self._build_pipeline(counter, fetcher))
+            if self.cfg.metrics_port is not None:
+                stack.enter_context(HealthServer(self.cfg.metrics_port, self.metrics.registry,
+                                                 lambda: self._ready))
+            self.source = stack.enter_context(EventSource(
+                self.settings.kafka, on_revoke=self._on_revoke, on_assign=self._on_assign))
+            self._ready = True
+            self._loop()
+            self._shutdown()
+        self.stats.finished_at = time.monotonic()
+        return self.stats
+
+    # ---- construction ---------------------------------------------------------------
+    def _build_pipeline(self, counter: Counter, fetcher: ImageFetcher) -> InferencePipeline:
+        pre = Preprocessor(counter.card, ImageLimits(self.cfg.max_image_bytes,
+                                                     self.cfg.max_image_pixels))
+        config = PipelineConfig(max_batch_size=self.cfg.max_batch_size,
+                                max_wait_s=self.cfg.max_wait_ms / 1000,
+                                decode_workers=self.cfg.decode_workers,
+                                artificial_delay_s=self.cfg.artificial_delay_s)
+        return InferencePipeline(counter, pre, config, self._outcomes.put, fetcher=fetcher,
+                                 metrics=self.metrics)
+
+    def _register_model(self) -> None:
+        card = self.counter.card
+        while True:
+            try:
+                self.sink.register_model(
+                    version=card.version, architecture=card.architecture,
+                    artifact_uri=str(self.cfg.model_path.resolve()),
+                    card=card.model_dump(mode="json"), metrics=dict(card.metrics))
+                return
+            except SinkUnavailable as exc:
+                log.warning("postgres unavailable at start-up (%s); retrying", exc)
+                time.sleep(self._next_backoff())
+
+    # ---- main loop ------------------------------------------------------------------
+    def _loop(self) -> None:
+        last_lag = 0.0
+        while not self._stop.is_set():
+            self._collect()
+            self._write_and_commit()
+            self._apply_backpressure()
+            for record in self.source.poll(timeout_ms=100, max_records=self._room()):
+                self._accept(record)
+            if time.monotonic() - last_lag > 5:
+                last_lag = time.monotonic()
+                self._update_lag()
+            if self._idle_long_enough():
+                log.info("topic drained and idle for %.1fs: stopping", self.cfg.exit_when_idle_s)
+                break
+
+    def _room(self) -> int:
+        return max(1, min(self.cfg.poll_max_records,
+                          self.cfg.max_in_flight - self.tracker.in_flight()))
+
+    def _apply_backpressure(self) -> None:
+        # Pause when the pipeline is full or Postgres is down; resume at half, so the
+        # consumer keeps calling poll() (group membership) without taking more records.
+        in_flight = self.tracker.in_flight()
+        should_pause = in_flight >= self.cfg.max_in_flight or self._sink_failed
+        if should_pause and not self._paused:
+            self.source.pause_all()
+            self._paused = True
+        elif self._paused and not should_pause and in_flight <= self.cfg.max_in_flight // 2:
+            self.source.resume_all()
+            self._paused = False
+        self.metrics.paused.set(1 if self._paused else 0)
+        self.metrics.in_flight.set(in_flight)
+
+    def _accept(self, record: Any) -> None:
+        self._last_activity = time.monotonic()
+        self.stats.events += 1
+        position = Position(record.topic, record.partition, record.offset)
+        self.tracker.started(TopicPartitionKey(record.topic, record.partition), record.offset)
+        try:
+            event = decode_event(record.value or b"", max_bytes=self.settings.kafka.max_message_bytes)
+        except EventError as exc:
+            self._outcomes.put(Outcome(WorkItem(position, None, context=record), error=exc))
+            return
+        self.pipeline.submit(WorkItem(position, event, context=record))
+
+    def _collect(self) -> None:
+        """Turn finished outcomes into pending rows (main thread only)."""
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return
+            self._add_outcome(outcome)
+
+    def _add_outcome(self, outcome: Outcome) -> None:
+        item = outcome.item
+        pos = item.position
+        assert pos is not None
+        if outcome.retryable and self._retry(outcome):
+            return
+        if outcome.prediction is not None and item.event is not None:
+            verdict, discrepancy = verdict_records(
+                event=item.event, topic=pos.topic, partition=pos.partition, offset=pos.offset,
+                prediction=outcome.prediction, model_version=self.counter.version,
+                supported_counts=self.counter.card.class_counts,
+                uncertain_threshold=self.cfg.uncertain_threshold)
+            self._pending.verdicts.append(verdict)
+            if discrepancy is not None:
+                self._pending.discrepancies.append(discrepancy)
+        else:
+            assert outcome.error is not None
+            record = item.context
+            log.warning("%s: dead letter %s: %s", item.describe(), outcome.error.kind,
+                        outcome.error)
+            self._pending.dead_letters.append(dead_letter_record(
+                topic=pos.topic, partition=pos.partition, offset=pos.offset,
+                key=getattr(record, "key", None), payload=getattr(record, "value", None),
+                event_id=item.event.event_id if item.event else None, error=outcome.error))
+        self._pending_positions.append(pos)
+
+    def _retry(self, outcome: Outcome) -> bool:
+        """Resubmit a not-the-event's-fault failure; True if it was resubmitted."""
+        item = outcome.item
+        assert item.position is not None
+        if self._stop.is_set():
+            return True  # left uncommitted on purpose: the next owner processes it
+        attempts = self._attempts.get(item.position, 0) + 1
+        self._attempts[item.position] = attempts
+        if attempts >= MAX_RETRYABLE_ATTEMPTS:
+            return False  # dead-letter it rather than block the partition forever
+        log.warning("%s: %s; retrying (attempt %d)", item.describe(), outcome.error, attempts)
+        self.pipeline.submit(WorkItem(item.position, item.event, context=item.context))
+        return True
+
+    # ---- write, then commit ---------------------------------------------------------
+    def _write_and_commit(self) -> None:
+        if self._pending_positions and time.monotonic() >= self._sink_retry_at:
+            try:
+                self.sink.write(self._pending)
+            except SinkUnavailable as exc:
+                delay = self._next_backoff()
+                self._sink_failed = True
+                self._sink_retry_at = time.monotonic() + delay
+                self.metrics.infra_retries.labels("postgres").inc()
+                log.warning("postgres unavailable (%s); %d rows held, retry in %.1fs",
+                            exc, len(self._pending), delay)
+                return
+            self._written()
+        self._commit()
+
+    def _written(self) -> None:
+        if self._sink_failed:
+            log.info("postgres is back; wrote %d held rows", len(self._pending))
+        self._sink_failed = False
+        self._sink_retry_at = 0.0
+        self._backoff = self.cfg.retry_backoff_initial_s
+        for v in self._pending.verdicts:
+            self.stats.verdicts[v.status.value] = self.stats.verdicts.get(v.status.value, 0) + 1
+            self.metrics.events.labels(v.status.value).inc()
+        for d in self._pending.dead_letters:
+            kind = d.error_kind.value
+            self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
+            self.metrics.events.labels("dead_letter").inc()
+            self.metrics.dead_letters.labels(kind).inc()
+        for pos in self._pending_positions:
+            self.tracker.finished(TopicPartitionKey(pos.topic, pos.partition), pos.offset)
+            self._attempts.pop(pos, None)
+        self._pending = WriteBatch()
+        self._pending_positions = []
+
+    def _commit(self) -> None:
+        offsets = self.tracker.committable()
+        if offsets and self.source.commit(offsets):
+            self.tracker.mark_committed(offsets)
+            self.metrics.commits.inc()
+
+    def _next_backoff(self) -> float:
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self.cfg.retry_backoff_max_s)
+        return delay
+
+    # ---- rebalance and shutdown -----------------------------------------------------
+    def _drain(self, deadline_s: float) -> None:
+        """Finish everything in flight, write it (retrying) and commit, within a deadline."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            drained = self.pipeline.drain(timeout=max(0.1, min(1.0, end - time.monotonic())))
+            self._collect()
+            self._sink_retry_at = 0.0  # try now; the deadline bounds the retries
+            self._write_and_commit()
+            if drained and not self._pending_positions and self.tracker.in_flight() == 0:
+                return
+            if self._pending_positions:
+                time.sleep(min(self._next_backoff(), max(0.0, end - time.monotonic())))
+        log.warning("drain deadline passed with %d events in flight: left uncommitted",
+                    self.tracker.in_flight())
+
+    def _on_revoke(self, revoked: list[TopicPartitionKey]) -> None:
+        if not revoked:
+            return
+        log.info("partitions revoked: %s; draining", ", ".join(map(str, revoked)))
+        if hasattr(self, "pipeline"):
+            self._drain(self.cfg.shutdown_deadline_s)
+        self.tracker.forget(revoked)
+
+    def _on_assign(self, assigned: list[TopicPartitionKey]) -> None:
+        log.info("partitions assigned: %s", ", ".join(map(str, assigned)) or "none")
+        self._last_activity = time.monotonic()
+
+    def _shutdown(self) -> None:
+        self._drain(self.cfg.shutdown_deadline_s)
+        log.info("worker stopped: %d events, verdicts %s, dead letters %s", self.stats.events,
+                 self.stats.verdicts, self.stats.dead_letters)
+
+    def _update_lag(self) -> None:
+        for tp, lag in self.source.lag().items():
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _idle_long_enough(self) -> bool:
+        idle = self.cfg.exit_when_idle_s
+        if idle is None or self.tracker.in_flight() or self._pending_positions:
+            return False
+        if time.monotonic() - self._last_activity < idle:
+            return False
+        return all(lag == 0 for lag in self.source.lag().values())

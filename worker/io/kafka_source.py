@@ -1,0 +1,119 @@
+"""Kafka consumer adapter: a consumer-group member with manual commits.
+
+The commit order (quix-streams' checkpoint): write rows → (produce DLQ, flush) → commit the
+next offsets. Commits also happen on partition revoke (through ``on_revoke``) and shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from binaudit.settings import KafkaSettings
+from worker.offsets import TopicPartitionKey
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[TopicPartitionKey]], None]
+
+
+def _keys(partitions: Any) -> list[TopicPartitionKey]:
+    return sorted(TopicPartitionKey(tp.topic, tp.partition) for tp in partitions)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_revoke: PartitionsCallback, on_assign: PartitionsCallback) -> None:
+        self._on_revoke = on_revoke
+        self._on_assign = on_assign
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._on_revoke(_keys(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._on_assign(_keys(assigned))
+
+
+class EventSource:
+    def __init__(self, cfg: KafkaSettings, *, on_revoke: PartitionsCallback,
+                 on_assign: PartitionsCallback) -> None:
+        self.cfg = cfg
+        self._on_revoke = on_revoke
+        self._on_assign = on_assign
+        self._consumer: KafkaConsumer | None = None
+
+    def __enter__(self) -> EventSource:
+        self._consumer = KafkaConsumer(
+            **self.cfg.client_kwargs(),
+            group_id=self.cfg.group_id,
+            client_id=self.cfg.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=self.cfg.max_poll_interval_ms,
+            session_timeout_ms=self.cfg.session_timeout_ms,
+            heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
+            max_partition_fetch_bytes=max(self.cfg.max_message_bytes * 2, 1_048_576),
+        )
+        self._consumer.subscribe(topics=[self.cfg.topic],
+                                 listener=_Listener(self._on_revoke, self._on_assign))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            # Offsets were committed explicitly; closing must not commit anything else.
+            self._consumer.close(autocommit=False)
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        assert self._consumer is not None, "EventSource used outside its `with` block"
+        return self._consumer
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Any]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [record for records in batches.values() for record in records]
+
+    def assignment(self) -> list[TopicPartitionKey]:
+        return _keys(self.consumer.assignment())
+
+    def pause_all(self) -> None:
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume_all(self) -> None:
+        self.consumer.resume(*self.consumer.paused())
+
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> bool:
+        """Commit next offsets; False (and logged) when the broker/group refused it."""
+        if not offsets:
+            return True
+        payload = {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(pos, "", -1)
+                   for tp, pos in offsets.items()}
+        try:
+            self.consumer.commit(payload)
+        except KafkaError as exc:
+            log.warning("offset commit failed (%s); will retry: %s",
+                        type(exc).__name__, {str(k): v for k, v in offsets.items()})
+            return False
+        return True
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        """Records between each assigned partition's position and its end offset."""
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return {}
+        try:
+            ends = self.consumer.end_offsets(assigned)
+        except KafkaError:
+            return {}
+        out = {}
+        for tp in assigned:
+            try:
+                position = self.consumer.position(tp)
+            except KafkaError:
+                continue
+            out[TopicPartitionKey(tp.topic, tp.partition)] = max(0, ends[tp] - position)
+        return out
