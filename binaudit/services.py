@@ -5,21 +5,30 @@
 * PostgreSQL 15 from the Debian package: a throwaway cluster with trust auth on 127.0.0.1.
 * S3: ``moto_server`` on 127.0.0.1.
 
-``up`` is idempotent (a service whose pid is alive and whose port answers is left alone);
-``down`` stops only what ``up`` started, by pid file. Logs go to ``<root>/<name>.log``.
+``up`` is idempotent (a service whose pid is alive and whose port answers is left alone) and
+returns only when every service is *ready*: Postgres accepts connections, moto answers HTTP, and
+for Kafka a topic can be created and a message round-trips. ``down`` stops only what ``up``
+started, by pid file (a pid now used by another program is left alone). ``kill`` SIGKILLs a
+service for fault tests; the next ``up`` restarts it and Postgres/Kafka recover their data from
+disk (moto S3 keeps its objects in memory, so they are lost). Logs go to ``<root>/<name>.log``
+and every failure names that file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +41,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 PG_BIN_CANDIDATES = (Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"))
+SERVICES = ("postgres", "s3", "kafka")
+# Created by the readiness check: a topic can be made and a message round-trips through it.
+READY_TOPIC = "_binaudit_ready"
+READY_TIMEOUT_S = {"postgres": 90.0, "s3": 30.0, "kafka": 120.0}
 
 
 class ServiceError(RuntimeError):
@@ -72,14 +85,59 @@ def _pid_alive(pid: int | None) -> bool:
     return state != "Z"
 
 
-def _wait_for(check: Callable[[], bool], timeout: float, what: str, log_path: Path) -> None:
+def _cmdline(pid: int) -> list[str] | None:
+    """The argv of ``pid``, or None where /proc cannot tell."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").rstrip("\0").split("\0")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Postgres children detach into their own sessions)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def _log_tail(log_path: Path, chars: int = 3000) -> str:
+    return log_path.read_text(errors="replace")[-chars:] if log_path.exists() else "(no log yet)"
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, what: str, log_path: Path,
+              *, pid: int | None = None) -> None:
+    """Poll ``check`` until it is true; fail naming ``log_path`` (early if ``pid`` exits).
+
+    A probe that raises counts as "not yet"; its last error is reported on timeout.
+    """
     deadline = time.monotonic() + timeout
+    last_error = ""
     while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else "(no log)"
-    raise ServiceError(f"{what} did not become ready in {timeout:.0f}s; log {log_path}:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # a probe failing is the normal "not ready yet" answer
+            last_error = f" (last probe error: {type(exc).__name__}: {exc})"
+        if pid is not None and not _pid_alive(pid):
+            raise ServiceError(f"{what} exited (pid {pid}) before it was ready; log {log_path}:\n"
+                               f"{_log_tail(log_path)}")
+        time.sleep(0.5)
+    raise ServiceError(f"{what} did not become ready in {timeout:.0f}s{last_error}; "
+                       f"log {log_path}:\n{_log_tail(log_path)}")
 
 
 class LocalServices:
@@ -103,16 +161,44 @@ class LocalServices:
         except (OSError, ValueError):
             return None
 
+    def _marker(self, name: str) -> str:
+        """An argument only this root's process of ``name`` has (guards against pid reuse)."""
+        return {"postgres": str(self.root / "pgdata"), "s3": str(self.cfg.s3_port),
+                "kafka": str(self.root / "kafka.properties")}[name]
+
+    def _running(self, name: str) -> int | None:
+        """The pid from ``name``'s pid file if that process is alive and is ours."""
+        pid = self._read_pid(name)
+        if pid is None or not _pid_alive(pid):
+            return None
+        argv = _cmdline(pid)
+        if argv is not None and self._marker(name) not in argv:
+            return None  # the pid was reused by an unrelated process
+        return pid
+
     def _spawn(self, name: str, argv: list[str], *, user: str | None = None,
                env: dict[str, str] | None = None) -> int:
-        log_fh = open(self._logfile(name), "ab")  # noqa: SIM115 - handed to the child
-        preexec = _demote(user) if user else None
-        proc = subprocess.Popen(
-            argv, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env, preexec_fn=preexec,
-        )
+        with open(self._logfile(name), "ab") as log_fh:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                argv, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, preexec_fn=_demote(user) if user else None,
+            )
         self._pidfile(name).write_text(str(proc.pid))
         return proc.pid
+
+    def _run(self, name: str, what: str, argv: list[str], *, user: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a helper command; on failure append its output to ``name``'s log and say so."""
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              preexec_fn=_demote(user) if user else None)
+        if check and proc.returncode != 0:
+            logf = self._logfile(name)
+            with open(logf, "a") as fh:
+                fh.write(f"\n--- {what}: {' '.join(argv)} (exit {proc.returncode})\n"
+                         f"{proc.stdout}{proc.stderr}\n")
+            raise ServiceError(f"{what} failed (exit {proc.returncode}); output in log {logf}:\n"
+                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+        return proc
 
     def ports(self) -> dict[str, int]:
         return {"kafka": self.cfg.kafka_port, "postgres": self.cfg.postgres_port,
@@ -121,42 +207,57 @@ class LocalServices:
     def status(self) -> list[ServiceState]:
         states = []
         for name, port in self.ports().items():
-            pid = self._read_pid(name)
-            up = _pid_alive(pid) and port_open(port)
-            states.append(ServiceState(name, pid, port, up, self._logfile(name)))
+            up = self._running(name) is not None and port_open(port)
+            states.append(ServiceState(name, self._read_pid(name), port, up, self._logfile(name)))
         return states
 
     # ---- lifecycle ------------------------------------------------------------------
-    def up(self, only: tuple[str, ...] = ("postgres", "s3", "kafka")) -> None:
+    def up(self, only: tuple[str, ...] = SERVICES) -> None:
+        """Start what is not running and return once every service in ``only`` is ready."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         starters = {"postgres": self._start_postgres, "s3": self._start_s3,
                     "kafka": self._start_kafka}
+        probes: dict[str, Callable[[], bool]] = {
+            "postgres": self._postgres_ready, "s3": self._s3_ready, "kafka": self._kafka_ready}
         for name in only:
-            state = next(s for s in self.status() if s.name == name)
-            if state.up:
-                log.info("%s already up (pid %s, port %d)", name, state.pid, state.port)
-                continue
-            if port_open(state.port):
-                raise ServiceError(f"port {state.port} for {name} is taken by another process")
-            starters[name]()
+            port = self.ports()[name]
+            pid = self._running(name)
+            if pid is not None:
+                log.info("%s already running (pid %d, port %d)", name, pid, port)
+            elif port_open(port):
+                raise ServiceError(f"port {port} for {name} is taken by a process that "
+                                   f"{self._pidfile(name)} does not name; "
+                                   f"log {self._logfile(name)}")
+            else:
+                pid = starters[name]()
+            _wait_for(probes[name], READY_TIMEOUT_S[name], name, self._logfile(name), pid=pid)
+            if name == "postgres":
+                self._ensure_database("binaudit")
+            log.info("%s ready on 127.0.0.1:%d (pid %d)", name, port, pid)
 
     def down(self, only: tuple[str, ...] = ("kafka", "s3", "postgres")) -> None:
+        """Stop what ``up`` started (by pid file); anything else is left alone."""
         for name in only:
-            pid = self._read_pid(name)
-            if name == "postgres" and _pid_alive(pid):
-                self._pg_ctl("stop", "-m", "fast")
-            elif _pid_alive(pid):
-                assert pid is not None
+            pid = self._running(name)
+            if pid is not None:
+                if name == "postgres":  # a clean checkpoint first; SIGTERM below is the fallback
+                    self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+                    _wait_dead(pid, 5)
                 _terminate(pid)
             self._pidfile(name).unlink(missing_ok=True)
 
     def kill(self, name: str) -> None:
-        """SIGKILL a service (fault-injection tests); ``up`` restarts it."""
-        pid = self._read_pid(name)
-        if pid and _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            _wait_dead(pid, 10)
+        """SIGKILL a service and its children (fault-injection tests); ``up`` restarts it."""
+        pid = self._running(name)
+        if pid is None:
+            return
+        family = [pid, *_descendants(pid)]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        for member in family:
+            _wait_dead(member, 10)
 
     # ---- postgres -------------------------------------------------------------------
     def _pg_bin(self, tool: str) -> str:
@@ -170,60 +271,88 @@ class LocalServices:
 
     def _pg_ctl(self, *args: str) -> None:
         data = self.root / "pgdata"
-        subprocess.run([self._pg_bin("pg_ctl"), "-D", str(data), *args], check=False,
-                       preexec_fn=_demote("postgres"), capture_output=True)
+        self._run("postgres", "pg_ctl", [self._pg_bin("pg_ctl"), "-D", str(data), *args],
+                  user="postgres", check=False)
 
-    def _start_postgres(self) -> None:
+    def _start_postgres(self) -> int:
         data = self.root / "pgdata"
         logf = self._logfile("postgres")
+        _check_reachable(self.root, "postgres", logf)
+        logf.touch()
+        _chown(logf, "postgres")
         if not (data / "PG_VERSION").exists():
             data.mkdir(parents=True, exist_ok=True)
             _chown(data, "postgres")
-            subprocess.run(
-                [self._pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8", "--locale=C.UTF-8"],
-                check=True, preexec_fn=_demote("postgres"), capture_output=True,
-            )
+            self._run("postgres", "initdb", [
+                self._pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                "-E", "UTF8", "--locale=C.UTF-8"], user="postgres")
+        self._clear_stale_lock(data / "postmaster.pid", logf)
         sockdir = self.root / "pgsock"
         sockdir.mkdir(exist_ok=True)
         _chown(sockdir, "postgres")
-        logf.touch()
-        _chown(logf, "postgres")
-        self._spawn("postgres", [
+        # After a SIGKILL, Postgres replays its WAL here before it accepts connections.
+        return self._spawn("postgres", [
             self._pg_bin("postgres"), "-D", str(data), "-p", str(self.cfg.postgres_port),
             "-h", "127.0.0.1", "-k", str(sockdir), "-c", "fsync=on",
             "-c", "max_connections=200",
         ], user="postgres")
-        _wait_for(lambda: port_open(self.cfg.postgres_port), 30, "postgres", logf)
-        # The application database; created once.
+
+    def _clear_stale_lock(self, lock: Path, logf: Path) -> None:
+        """Remove postmaster.pid left by a killed server, unless a server still holds it."""
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        argv = _cmdline(pid) if _pid_alive(pid) else None
+        if argv is not None and str(lock.parent) in argv:
+            raise ServiceError(f"a postgres (pid {pid}) not started by `up` is using {lock.parent};"
+                               f" stop it first; log {logf}")
+        lock.unlink(missing_ok=True)
+
+    def _postgres_ready(self) -> bool:
+        probe = [self._pg_bin("pg_isready"), "-q", "-h", "127.0.0.1",
+                 "-p", str(self.cfg.postgres_port), "-U", "postgres", "-t", "2"]
+        return subprocess.run(probe, check=False).returncode == 0
+
+    def _ensure_database(self, dbname: str) -> None:
         psql = [self._pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.cfg.postgres_port),
-                "-U", "postgres", "-tAc"]
-        exists = subprocess.run([*psql, "SELECT 1 FROM pg_database WHERE datname='binaudit'"],
-                                capture_output=True, text=True)
+                "-U", "postgres", "-d", "postgres", "-tAc"]
+        exists = self._run("postgres", "psql", [
+            *psql, f"SELECT 1 FROM pg_database WHERE datname='{dbname}'"])
         if exists.stdout.strip() != "1":
-            subprocess.run([*psql, "CREATE DATABASE binaudit"], check=True, capture_output=True)
-        log.info("postgres up on 127.0.0.1:%d", self.cfg.postgres_port)
+            self._run("postgres", "createdb", [*psql, f"CREATE DATABASE {dbname}"])
 
     # ---- moto S3 --------------------------------------------------------------------
-    def _start_s3(self) -> None:
+    def _start_s3(self) -> int:
         moto = Path(sys.executable).parent / "moto_server"
         argv = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1",
                 "-p", str(self.cfg.s3_port)]
-        self._spawn("s3", argv)
-        _wait_for(lambda: port_open(self.cfg.s3_port), 30, "moto_server", self._logfile("s3"))
-        log.info("moto S3 up on 127.0.0.1:%d", self.cfg.s3_port)
+        return self._spawn("s3", argv)
+
+    def _s3_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.cfg.s3_port}/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered HTTP: ready
+        except OSError:
+            return False
 
     # ---- kafka ----------------------------------------------------------------------
     def resolve_kafka_jars(self) -> Path:
+        """Download the broker's jars with Maven once; later calls reuse the cache folder."""
         jars = self.cfg.kafka_jars
         if jars.exists() and any(jars.glob("kafka_2.13-*.jar")):
             return jars
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise ServiceError("mvn not found: install maven (and Java 17) to resolve Kafka")
         jars.mkdir(parents=True, exist_ok=True)
         log.info("resolving Kafka jars from Maven Central into %s", jars)
-        subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={jars}", "-DincludeScope=runtime"], check=True,
-        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._run("kafka", "mvn dependency:copy-dependencies", [
+            mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+            f"-DoutputDirectory={jars}", "-DincludeScope=runtime"])
         return jars
 
     def _kafka_config(self) -> Path:
@@ -249,17 +378,20 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 message.max.bytes=10485760
-log.retention.hours=168
+# Local broker: keep everything. The simulator stamps events with fixed past capture
+# times (deterministic ids) and retention is judged by record timestamps.
+log.retention.ms=-1
 """
         path = self.root / "kafka.properties"
         path.write_text(props.lstrip())
         return path
 
-    def _start_kafka(self) -> None:
+    def _start_kafka(self) -> int:
         jars = self.resolve_kafka_jars()
         config = self._kafka_config()
-        java = shutil.which("java") or "java"
-        classpath = f"{jars}/*"
+        java = shutil.which("java")
+        if java is None:
+            raise ServiceError("java not found: install openjdk-17-jre-headless")
         log4j = self.root / "kafka-log4j2.properties"
         log4j.write_text("rootLogger.level=WARN\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
                          "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
@@ -267,16 +399,53 @@ log.retention.hours=168
                          "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
                          "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n")
         jvm = [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
-               f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+               f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
         if not (self.root / "kafka-data" / "meta.properties").exists():
-            subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()),
-                 "-c", str(config)],
-                check=True, capture_output=True,
-            )
-        self._spawn("kafka", [*jvm, "kafka.Kafka", str(config)])
-        _wait_for(lambda: port_open(self.cfg.kafka_port), 90, "kafka", self._logfile("kafka"))
-        log.info("kafka up on 127.0.0.1:%d", self.cfg.kafka_port)
+            self._run("kafka", "kafka storage format", [
+                *jvm, "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()),
+                "-c", str(config)])
+        # After a SIGKILL the broker recovers its logs from disk on this start.
+        return self._spawn("kafka", [*jvm, "kafka.Kafka", str(config)])
+
+    def _kafka_ready(self) -> bool:
+        """Ready means a topic can be created and a message round-trips through it."""
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        if not port_open(self.cfg.kafka_port):
+            return False
+        common: dict[str, object] = {
+            "bootstrap_servers": [f"127.0.0.1:{self.cfg.kafka_port}"],
+            "client_id": "binaudit-ready", "request_timeout_ms": 10_000,
+            "bootstrap_timeout_ms": 5_000,
+        }
+        admin = KafkaAdminClient(**common)
+        try:
+            if READY_TOPIC not in admin.list_topics():
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([NewTopic(READY_TOPIC, 1, 1)], timeout_ms=10_000)
+        finally:
+            admin.close()
+        token = uuid.uuid4().hex.encode()
+        producer = KafkaProducer(**common, acks="all", max_block_ms=10_000)
+        try:
+            sent = producer.send(READY_TOPIC, value=token).get(timeout=15)
+        finally:
+            producer.close(timeout=5)
+        consumer = KafkaConsumer(**common, group_id=None, enable_auto_commit=False)
+        try:
+            partition = TopicPartition(READY_TOPIC, sent.partition)
+            consumer.assign([partition])
+            consumer.seek(partition, sent.offset)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    if any(record.value == token for record in records):
+                        return True
+            return False
+        finally:
+            consumer.close()
 
     def wipe(self) -> None:
         """Remove all service state (only when everything is down)."""
@@ -303,7 +472,22 @@ def _chown(path: Path, user: str) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def _terminate(pid: int, timeout: float = 20.0) -> None:
+def _check_reachable(root: Path, user: str, logf: Path) -> None:
+    """Fail early if ``user`` (Postgres runs demoted) cannot enter ``root``."""
+    if os.geteuid() != 0:
+        return
+    uid = pwd.getpwnam(user).pw_uid
+    for folder in (root, *root.parents):
+        st = folder.stat()
+        if not st.st_mode & (stat.S_IXUSR if st.st_uid == uid else stat.S_IXOTH):
+            raise ServiceError(f"user {user} cannot enter {folder} (mode {st.st_mode & 0o777:o}), "
+                               f"so it cannot use {root}; pick a root under a folder others may "
+                               f"enter; log {logf}")
+
+
+def _terminate(pid: int, timeout: float = 30.0) -> None:
+    if not _pid_alive(pid):
+        return
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -315,8 +499,9 @@ def _terminate(pid: int, timeout: float = 20.0) -> None:
 
 def _wait_dead(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if not _pid_alive(pid):
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    return False

@@ -99,7 +99,9 @@ def topic_factory(services: Settings) -> Iterator[Callable[..., str]]:
 
     def make(partitions: int = 3, prefix: str = "test-bin-events") -> str:
         name = unique(prefix)
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        # Events carry past capture times as record timestamps: never expire them.
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1,
+                                      topic_configs={"retention.ms": "-1"})])
         return name
 
     yield make
@@ -159,3 +161,91 @@ def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> Artifact
 @pytest.fixture(scope="session")
 def model_artifact(model_artifact_factory: ArtifactFactory) -> Path:
     return model_artifact_factory()
+
+
+def settings_env(**sections: dict[str, Any]) -> dict[str, str]:
+    """Environment variables that set nested settings in a child process."""
+    env = {}
+    for section, values in sections.items():
+        for key, value in values.items():
+            env[f"BINAUDIT_{section.upper()}__{key.upper()}"] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """A `binaudit worker` child process with its own log file."""
+
+    def __init__(self, proc: Any, log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        import subprocess
+
+        try:
+            return int(self.proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"worker did not exit in {timeout}s; log:\n{self.log()[-4000:]}")
+
+
+@pytest.fixture
+def worker_process_factory(services: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `python -m binaudit worker` children; all are killed at teardown."""
+    import os
+    import subprocess
+    import sys
+
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "worker", **sections: dict[str, Any]) -> WorkerProcess:
+        sections.setdefault("worker", {})
+        sections["worker"].setdefault("metrics_port", 0)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings_env(**sections)}
+        log_path = tmp_path / f"{name}-{len(started)}.log"
+        proc = subprocess.Popen([sys.executable, "-m", "binaudit", "worker"], env=env,
+                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                                cwd=REPO_ROOT)
+        wp = WorkerProcess(proc, log_path)
+        started.append(wp)
+        return wp
+
+    yield start
+    for wp in started:
+        if wp.proc.poll() is None:
+            wp.proc.kill()
+            wp.proc.wait(timeout=30)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.25) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., None]:
+    """``wait_for(predicate, timeout, what)``: poll until true or fail naming ``what``."""
+    return wait_until
+
+
+@pytest.fixture
+def count_rows(db_engine: Engine) -> Callable[..., int]:
+    """``count_rows(table, **equals)``: rows of ``table`` whose columns equal the values."""
+
+    def count(table: str, **equals: Any) -> int:
+        where = " AND ".join(f'"{k}" = :{k}' for k in equals) or "TRUE"
+        with db_engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"),
+                                    equals).scalar_one())
+
+    return count

@@ -132,6 +132,7 @@ class Worker:
     # ---- main loop ------------------------------------------------------------------
     def _loop(self) -> None:
         last_lag = 0.0
+        self._last_activity = time.monotonic()
         while not self._stop.is_set():
             self._collect()
             self._write_and_commit()
@@ -225,7 +226,7 @@ class Worker:
         return True
 
     # ---- write, then commit ---------------------------------------------------------
-    def _write_and_commit(self) -> None:
+    def _write_and_commit(self, *, commit: bool = True) -> None:
         if self._pending_positions and time.monotonic() >= self._sink_retry_at:
             try:
                 self.sink.write(self._pending)
@@ -238,7 +239,8 @@ class Worker:
                             exc, len(self._pending), delay)
                 return
             self._written()
-        self._commit()
+        if commit:
+            self._commit()
 
     def _written(self) -> None:
         if self._sink_failed:
@@ -287,13 +289,24 @@ class Worker:
         log.warning("drain deadline passed with %d events in flight: left uncommitted",
                     self.tracker.in_flight())
 
-    def _on_revoke(self, revoked: list[TopicPartitionKey]) -> None:
-        if not revoked:
-            return
-        log.info("partitions revoked: %s; draining", ", ".join(map(str, revoked)))
-        if hasattr(self, "pipeline"):
-            self._drain(self.cfg.shutdown_deadline_s)
+    def _on_revoke(self, revoked: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Write what already finished and return the revoked partitions' commit positions.
+
+        Events still in flight for them are not waited for: the new owner re-processes them
+        from the committed offset and the idempotent insert absorbs our late rows.
+        """
+        if not revoked or not hasattr(self, "pipeline"):
+            return {}
+        self._collect()
+        if self._pending_positions:
+            self._sink_retry_at = 0.0
+            self._write_and_commit(commit=False)
+        offsets = {tp: pos for tp, pos in self.tracker.committable().items() if tp in revoked}
+        log.info("partitions revoked: %s; committing %s, %d events still in flight",
+                 ", ".join(map(str, revoked)), {str(k): v for k, v in offsets.items()},
+                 self.tracker.in_flight())
         self.tracker.forget(revoked)
+        return offsets
 
     def _on_assign(self, assigned: list[TopicPartitionKey]) -> None:
         log.info("partitions assigned: %s", ", ".join(map(str, assigned)) or "none")
@@ -312,6 +325,11 @@ class Worker:
         idle = self.cfg.exit_when_idle_s
         if idle is None or self.tracker.in_flight() or self._pending_positions:
             return False
-        if time.monotonic() - self._last_activity < idle:
+        quiet = time.monotonic() - self._last_activity
+        if quiet < idle:
             return False
-        return all(lag == 0 for lag in self.source.lag().values())
+        lags = self.source.lag()
+        if not lags:
+            # No partitions (yet): a group join can take a while; give it longer.
+            return quiet >= 3 * idle
+        return all(lag == 0 for lag in lags.values())

@@ -8,6 +8,11 @@ import typer
 def register(app: typer.Typer) -> None:
     """Mount the worker package's commands on the root app."""
     # Each feature module owns its typer commands; add one line per module.
+    from worker.abid_fetch import data_app
+    from worker.publisher import publish_command
+
+    app.add_typer(data_app, name="data")
+    app.command("publish")(publish_command)
     from worker.run_cli import worker
 
     app.command("worker")(worker)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -21,30 +21,49 @@ from worker.offsets import TopicPartitionKey
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartitionKey]], None]
+# Returns the offsets to commit for the revoked partitions (their finished work).
+RevokeCallback = Callable[[list[TopicPartitionKey]], dict[TopicPartitionKey, int]]
 
 
 def _keys(partitions: Any) -> list[TopicPartitionKey]:
     return sorted(TopicPartitionKey(tp.topic, tp.partition) for tp in partitions)
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_revoke: PartitionsCallback, on_assign: PartitionsCallback) -> None:
-        self._on_revoke = on_revoke
-        self._on_assign = on_assign
+def _payload(offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(pos, "", -1)
+            for tp, pos in offsets.items()}
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self._on_revoke(_keys(revoked))
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self._on_assign(_keys(assigned))
+class _Listener(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread while the main thread is blocked in poll()/close().
+
+    kafka-python 3 forbids blocking consumer calls here, so the commit on revoke is the
+    awaited ``commit_async``; the worker's callback only writes what already finished.
+    """
+
+    def __init__(self, source: EventSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        offsets = self._source.on_revoke(_keys(revoked))
+        if not offsets:
+            return
+        try:
+            await self._source.consumer.commit_async(_payload(offsets))
+        except KafkaError as exc:
+            log.warning("commit on revoke failed (%s): the next owner re-processes "
+                        "from the last committed offset", exc)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._source.on_assign(_keys(assigned))
 
 
 class EventSource:
-    def __init__(self, cfg: KafkaSettings, *, on_revoke: PartitionsCallback,
+    def __init__(self, cfg: KafkaSettings, *, on_revoke: RevokeCallback,
                  on_assign: PartitionsCallback) -> None:
         self.cfg = cfg
-        self._on_revoke = on_revoke
-        self._on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.on_assign = on_assign
         self._consumer: KafkaConsumer | None = None
 
     def __enter__(self) -> EventSource:
@@ -59,8 +78,7 @@ class EventSource:
             heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
             max_partition_fetch_bytes=max(self.cfg.max_message_bytes * 2, 1_048_576),
         )
-        self._consumer.subscribe(topics=[self.cfg.topic],
-                                 listener=_Listener(self._on_revoke, self._on_assign))
+        self._consumer.subscribe(topics=[self.cfg.topic], listener=_Listener(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,10 +108,8 @@ class EventSource:
         """Commit next offsets; False (and logged) when the broker/group refused it."""
         if not offsets:
             return True
-        payload = {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(pos, "", -1)
-                   for tp, pos in offsets.items()}
         try:
-            self.consumer.commit(payload)
+            self.consumer.commit(_payload(offsets))
         except KafkaError as exc:
             log.warning("offset commit failed (%s); will retry: %s",
                         type(exc).__name__, {str(k): v for k, v in offsets.items()})

@@ -1,0 +1,62 @@
+# binaudit developer entry points. `make test` is what CI runs (through .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Installation is redone only when pyproject.toml is newer than this stamp.
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv services-up services-down services-status migrate test lint demo bench \
+        reliability schemas clean
+
+help:
+	@echo "make venv | services-up | services-down | services-status | migrate | test | lint"
+	@echo "     demo | bench | reliability | schemas | clean"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+services-up: venv
+	$(BIN)/binaudit services up
+
+services-down: venv
+	$(BIN)/binaudit services down
+
+services-status: venv
+	$(BIN)/binaudit services status
+
+migrate: venv services-up
+	$(BIN)/binaudit db upgrade
+
+# Leaves the services running (`make services-down` stops them). Any pytest failure fails the
+# target, including exit 5 (no tests collected).
+test: venv services-up migrate
+	$(BIN)/pytest -q tests/
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy binaudit worker trainer schemas migrations
+
+demo: venv services-up migrate
+	bash scripts/demo.sh
+
+bench: venv services-up migrate
+	bash bench/run.sh
+
+reliability: venv services-up migrate
+	$(BIN)/pytest -q -m reliability tests/reliability
+
+schemas: venv
+	$(BIN)/python -m schemas.export
+
+# Caches and build outputs only; the venv and the services' data stay.
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

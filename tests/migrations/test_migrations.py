@@ -1,0 +1,94 @@
+"""Alembic migrations on the real Postgres, in a throwaway database per test module."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from pydantic import SecretStr
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import make_url
+
+from binaudit.settings import Settings
+from migrations.runner import downgrade, upgrade
+from worker.db.tables import audit_results, metadata
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def migr_settings(services: Settings) -> Iterator[Settings]:
+    """Settings whose db.url names a fresh ``binaudit_migr_<uuid>`` database (dropped after)."""
+    server_url = make_url(services.db.url.get_secret_value())
+    name = f"binaudit_migr_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = services.db.model_copy(update={
+        "url": SecretStr(server_url.set(database=name).render_as_string(hide_password=False))})
+    try:
+        yield services.model_copy(update={"db": db})
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def migr_engine(migr_settings: Settings) -> Iterator[Engine]:
+    engine = create_engine(migr_settings.db.url.get_secret_value())
+    yield engine
+    engine.dispose()
+
+
+def _tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_upgrade_downgrade_upgrade(migr_settings: Settings, migr_engine: Engine) -> None:
+    worker_tables = set(metadata.tables)
+
+    upgrade(migr_settings, "head")
+    assert _tables(migr_engine) == worker_tables | {"alembic_version"}
+
+    downgrade(migr_settings, "base")
+    assert _tables(migr_engine) <= {"alembic_version"}
+
+    upgrade(migr_settings, "head")
+    assert _tables(migr_engine) == worker_tables | {"alembic_version"}
+    with migr_engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() is not None
+
+
+def test_migrations_match_tables_module(migr_settings: Settings, migr_engine: Engine) -> None:
+    upgrade(migr_settings, "head")
+    with migr_engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True})
+        diff = compare_metadata(context, metadata)
+    assert diff == [], f"migrations and worker/db/tables.py disagree: {diff}"
+
+
+def test_unique_conflict_is_ignored(migr_settings: Settings, migr_engine: Engine) -> None:
+    upgrade(migr_settings, "head")
+    row = {
+        "event_id": f"evt-{uuid.uuid4().hex}", "bin_id": "bin-001",
+        "image_uri": "s3://binaudit-images/bin-images/00001.jpg",
+        "captured_at": datetime(2026, 11, 29, 12, 0, tzinfo=UTC), "expected_quantity": 3,
+        "predicted_quantity": 3, "confidence": 0.9, "status": "match",
+        "model_version": "effnet-lite0-test", "topic": "bin-events", "partition": 0, "offset": 7,
+    }
+    statement = insert(audit_results).values(**row).on_conflict_do_nothing(
+        index_elements=["event_id", "model_version"])
+    with migr_engine.begin() as conn:
+        assert conn.execute(statement).rowcount == 1
+    with migr_engine.begin() as conn:
+        assert conn.execute(statement).rowcount == 0
+        count = conn.execute(select(func.count()).select_from(audit_results).where(
+            audit_results.c.event_id == row["event_id"])).scalar_one()
+    assert count == 1

@@ -1,0 +1,185 @@
+"""The worker against real Kafka, Postgres and moto S3 with the real sample of 350 bins."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from binaudit.services import LocalServices
+from binaudit.settings import Settings
+from worker.app import Worker
+from worker.publisher import EventPlan, PublishOptions, PublishReport, publish
+
+pytestmark = pytest.mark.services
+
+
+def publish_sample(settings: Settings, sample_dir: Path, topic: str, *, count: int | None = None,
+                   faults: tuple[str, ...] = (), fault_rate: float = 0.1) -> PublishReport:
+    plan = EventPlan(bucket=settings.s3.bucket, count=count)
+    return publish(settings, PublishOptions(source=sample_dir, topic=topic, plan=plan,
+                                            faults=faults, fault_rate=fault_rate,
+                                            create_topic=False, progress=False))
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql), params).all())
+
+
+@pytest.fixture
+def worker_settings(settings_factory: Callable[..., Settings], topic_factory: Callable[..., str],
+                    model_artifact: Path) -> Settings:
+    topic = topic_factory(partitions=3)
+    return settings_factory(
+        kafka={"topic": topic, "group_id": f"g-{topic}"},
+        worker={"model_path": model_artifact, "exit_when_idle_s": 3.0, "metrics_port": None,
+                "device": "cpu", "max_batch_size": 16, "uncertain_threshold": 0.0},
+    )
+
+
+def test_sample_events_give_one_verdict_each(worker_settings: Settings, sample_dir: Path,
+                                             clean_db: Engine) -> None:
+    report = publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
+    assert report.valid == 350
+
+    stats = Worker(worker_settings).run()
+
+    found = rows(clean_db, "SELECT event_id, status, expected_quantity, predicted_quantity "
+                           "FROM audit_results")
+    assert len(found) == 350 and stats.events == 350
+    assert {r.event_id for r in found} == set(report.event_ids)
+    for r in found:
+        if r.expected_quantity not in (1, 2, 3, 4, 5):
+            assert r.status == "unsupported"
+        else:
+            assert r.status == ("match" if r.predicted_quantity == r.expected_quantity
+                                else "mismatch")
+    mismatched = {r.event_id for r in found if r.status == "mismatch"}
+    mirrored = rows(clean_db, "SELECT event_id, review_state FROM discrepancies")
+    assert {r.event_id for r in mirrored} == mismatched
+    assert {r.review_state for r in mirrored} <= {"open"}
+    unsupported = sum(1 for r in found if r.status == "unsupported")
+    assert unsupported == 15 + 111  # zero-item bins and bins of more than 5 items
+
+
+def test_bad_inputs_become_dead_letters_and_good_events_still_flow(
+        worker_settings: Settings, sample_dir: Path, clean_db: Engine) -> None:
+    faults = ("malformed_json", "schema_violation", "missing_image", "corrupt_jpeg",
+              "oversized_image", "not_an_image")
+    report = publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic,
+                            count=120, faults=faults, fault_rate=0.25)
+    assert report.fault_count > 0
+
+    Worker(worker_settings).run()
+
+    letters = rows(clean_db, 'SELECT "partition", "offset", error_kind FROM dead_letters')
+    by_position = {(r.partition, r.offset): r.error_kind for r in letters}
+    expected_kind = {"malformed_json": "invalid_json", "schema_violation": "schema_violation",
+                     "missing_image": "missing_object", "corrupt_jpeg": "truncated_image",
+                     "oversized_image": "image_too_many_pixels",
+                     "not_an_image": "not_an_image"}
+    for name, records in report.faults.items():
+        for rec in records:
+            assert by_position[(rec.partition, rec.offset)] == expected_kind[name], name
+    assert len(letters) == report.fault_count
+    good = rows(clean_db, "SELECT count(*) AS n FROM audit_results")[0].n
+    assert good == report.valid
+
+
+def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
+        worker_settings: Settings, sample_dir: Path, clean_db: Engine,
+        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        wait_for: Callable[..., None]) -> None:
+    report = publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
+    env = {"kafka": {"topic": worker_settings.kafka.topic,
+                     "group_id": worker_settings.kafka.group_id},
+           "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
+                      "max_batch_size": 4, "artificial_delay_s": 0.1}}
+    first = worker_process_factory("victim", **env)
+    wait_for(lambda: count_rows("audit_results") >= 60, 120, "the first rows")
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=30)
+    written_at_kill = count_rows("audit_results")
+    assert written_at_kill < 350, "the kill came too late to test anything"
+
+    env["worker"] |= {"exit_when_idle_s": 3.0, "artificial_delay_s": 0.0}
+    second = worker_process_factory("restarted", **env)
+    assert second.wait(timeout=240) == 0, second.log()[-3000:]
+
+    found = rows(clean_db, "SELECT event_id, count(*) AS n FROM audit_results GROUP BY 1")
+    assert len(found) == 350 and all(r.n == 1 for r in found)
+    assert {r.event_id for r in found} == set(report.event_ids)
+
+
+def test_postgres_outage_pauses_then_recovers_without_loss(
+        worker_settings: Settings, sample_dir: Path, clean_db: Engine,
+        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        wait_for: Callable[..., None]) -> None:
+    publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic, count=200)
+    supervisor = LocalServices(worker_settings)
+    wp = worker_process_factory(
+        "pg-outage",
+        kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id},
+        worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
+                "max_batch_size": 4, "artificial_delay_s": 0.05, "exit_when_idle_s": 5.0,
+                "retry_backoff_max_s": 2.0})
+    try:
+        wait_for(lambda: count_rows("audit_results") >= 20, 120, "the first rows")
+        supervisor.down(only=("postgres",))
+        time.sleep(10)
+    finally:
+        supervisor.up(only=("postgres",))
+    assert wp.wait(timeout=240) == 0, wp.log()[-3000:]
+    assert "postgres unavailable" in wp.log()
+    assert count_rows("audit_results") == 200
+    dupes = rows(clean_db, "SELECT event_id FROM audit_results GROUP BY 1 HAVING count(*) > 1")
+    assert dupes == []
+
+
+def test_two_workers_one_killed_the_other_finishes_every_partition(
+        worker_settings: Settings, sample_dir: Path, clean_db: Engine,
+        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        wait_for: Callable[..., None]) -> None:
+    publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
+    env = {"kafka": {"topic": worker_settings.kafka.topic,
+                     "group_id": worker_settings.kafka.group_id},
+           "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
+                      "max_batch_size": 4, "artificial_delay_s": 0.1,
+                      # longer than the session timeout, so the survivor is still there
+                      # when the group notices the victim is gone
+                      "exit_when_idle_s": 15.0}}
+    survivor = worker_process_factory("survivor", **env)
+    victim = worker_process_factory("victim", **env)
+    wait_for(lambda: count_rows("audit_results") >= 40, 120, "both workers writing")
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    assert survivor.wait(timeout=300) == 0, survivor.log()[-3000:]
+    assert count_rows("audit_results") == 350
+    dupes = rows(clean_db, "SELECT event_id FROM audit_results GROUP BY 1 HAVING count(*) > 1")
+    assert dupes == []
+
+
+def test_sigterm_drains_and_exits_zero(
+        worker_settings: Settings, sample_dir: Path, clean_db: Engine,
+        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        wait_for: Callable[..., None]) -> None:
+    publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic, count=150)
+    wp = worker_process_factory(
+        "sigterm",
+        kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id},
+        worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
+                "max_batch_size": 4, "artificial_delay_s": 0.1})
+    wait_for(lambda: count_rows("audit_results") >= 20, 120, "the first rows")
+    wp.proc.send_signal(signal.SIGTERM)
+    assert wp.wait(timeout=60) == 0, wp.log()[-3000:]
+    written = count_rows("audit_results")
+    # Everything written was committed: a fresh member of the group starts after it.
+    rest = Worker(worker_settings).run()
+    assert rest.events == 150 - written
+    assert count_rows("audit_results") == 150
