@@ -137,6 +137,26 @@ class WorkerSettings(BaseModel):
     exit_when_idle_s: float | None = None
 
 
+class ServeSettings(BaseModel):
+    """``binaudit serve``: the SageMaker-compatible HTTP endpoint (model path, device, image
+    limits and the uncertain threshold come from ``worker``, so both front ends agree)."""
+
+    model_config = _FROZEN
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)  # SageMaker's container contract: 8080
+    # SageMaker real-time invocations carry at most 6 MB; larger bodies get 413.
+    max_body_bytes: int = Field(6 * 1024 * 1024, ge=1)
+    # Requests admitted and not yet answered; one more gets 503 + Retry-After.
+    max_queue: int = Field(64, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    # Shorter than the worker's: a caller is waiting on each request.
+    max_wait_ms: int = Field(10, ge=1)
+    # SIGTERM: stop accepting, answer what is in flight within this deadline, then exit.
+    shutdown_grace_s: float = Field(20.0, ge=0)
+
+
 class ServicesSettings(BaseModel):
     """Ports and folders of the local Kafka/Postgres/S3 run by ``binaudit services``."""
 
@@ -167,4 +187,5 @@ class Settings(BaseSettings):
     abid: AbidSourceSettings = AbidSourceSettings()
     db: DatabaseSettings = DatabaseSettings()
     worker: WorkerSettings = WorkerSettings()
+    serve: ServeSettings = ServeSettings()
     services: ServicesSettings = ServicesSettings()

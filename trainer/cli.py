@@ -1,10 +1,279 @@
-"""Commands contributed by the trainer package: `binaudit train ...`, `binaudit model ...`."""
+"""Commands contributed by the trainer package: `binaudit train ...`, `binaudit model ...`.
+
+Glue only: each command turns flags into a frozen config and calls one named module.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+
+log = logging.getLogger(__name__)
+console = Console()
+train_app = typer.Typer(help="Prepare data, fine-tune, tune, profile and evaluate the counter.",
+                        no_args_is_help=True)
+model_app = typer.Typer(help="Model artifacts: registration.", no_args_is_help=True)
+
+DEFAULT_MANIFEST = Path("artifacts/data/manifest.json")
+Opt = typer.Option
 
 
 def register(app: typer.Typer) -> None:
     """Mount the trainer package's commands on the root app."""
-    _ = app
+    app.add_typer(train_app, name="train")
+    app.add_typer(model_app, name="model")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]{message}[/red]")
+    return typer.Exit(code)
+
+
+@train_app.command("prepare")
+def prepare_cmd(
+    out: Annotated[Path, Opt(help="Manifest JSON to write (a CSV copy goes next to it).")
+                   ] = DEFAULT_MANIFEST,
+    file_list: Annotated[Path | None, Opt(help="The reference's file_list.json.")] = None,
+    ids: Annotated[Path | None, Opt(help="File with one ABID id per line.")] = None,
+    labels: Annotated[Path | None, Opt(help="labels.csv (image,expected_quantity) or an "
+                                            "auditors' CSV (id,image_path,expected_quantity).")
+                      ] = None,
+    source_dir: Annotated[Path | None, Opt(help="Local ABID-format folder (images/, metadata/).")
+                          ] = None,
+    bucket: Annotated[str | None, Opt(help="Fetch from this ABID bucket (via worker/abid_fetch).")
+                      ] = None,
+    classes: Annotated[str, Opt(help="Item counts that are classes, e.g. 1-5.")] = "1-5",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> None:
+    """Deterministic, stratified train/val/test split manifest with a data fingerprint."""
+    from trainer import data
+
+    given = [x for x in (file_list, ids, labels) if x is not None]
+    if len(given) > 1:
+        raise _fail("give one of --file-list, --ids, --labels")
+    if bucket is not None:
+        raise _fail("--bucket needs worker/abid_fetch.py (`binaudit data fetch`), which is not "
+                    "available yet: fetch the images first, then use --source-dir DIR")
+    if source_dir is None:
+        raise _fail("--source-dir is required (a local ABID-format folder)")
+    if not given:
+        labels = source_dir / "labels.csv"
+    if file_list is not None:
+        entries = data.read_file_list(file_list)
+    elif ids is not None:
+        entries = data.read_ids(ids, source_dir)
+    else:
+        assert labels is not None
+        entries = data.read_labels_csv(labels)
+    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+    try:
+        manifest = data.build_manifest(entries, source_dir, classes=data.parse_classes(classes),
+                                       seed=seed, fractions=fractions)
+    except data.DataError as exc:
+        raise _fail(str(exc)) from exc
+    data.write_manifest(manifest, out)
+    counts = {s: len(manifest.split(s)) for s in data.SPLITS}
+    console.print(f"manifest {out}: {len(manifest.items)} images {counts}, "
+                  f"fingerprint {manifest.fingerprint[:12]}")
+    if manifest.excluded:
+        console.print(f"excluded {len(manifest.excluded)} ids whose count is not a class "
+                      f"({classes})")
+    if manifest.missing:
+        shown = ", ".join(manifest.missing[:5])
+        console.print(f"[yellow]{len(manifest.missing)} ids missing from {source_dir}[/yellow]"
+                      f" (e.g. {shown})")
+
+
+def _fit_config(**kw: Any) -> Any:
+    """Flags + optional hp.json -> a FitConfig (flags win over the file, the file over
+    defaults); with --resume and no --out, the checkpoint's run directory."""
+    from trainer.config import FitConfig, read_hyperparameters
+    from trainer.model import new_version
+
+    hp_file = kw.pop("hyperparameters")
+    values: dict[str, Any] = {}
+    if kw.get("resume") is not None:
+        # A resumed run starts from the checkpoint's config; flags given now override it.
+        from trainer.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(kw["resume"])["config"]
+        values = {k: v for k, v in saved.items() if k not in ("out", "resume", "profile")}
+        values["out"] = Path(kw["resume"]).parent
+    values |= read_hyperparameters(hp_file) if hp_file else {}
+    values |= {k: v for k, v in kw.items() if v is not None}
+    values.setdefault("manifest", DEFAULT_MANIFEST)
+    values.setdefault("version", new_version(values.get("model", "efficientnet_lite0")))
+    values.setdefault("out", Path("artifacts/models") / values["version"])
+    return FitConfig(**values)
+
+
+@train_app.command("fit")
+def fit_cmd(
+    manifest: Annotated[Path | None, Opt(help="Manifest from `train prepare` "
+                                            f"[default: {DEFAULT_MANIFEST}]")] = None,
+    hyperparameters: Annotated[Path | None, Opt(help="hp.json with batch-size, epochs, lr.")
+                               ] = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    freeze: Annotated[str | None, Opt(help="backbone | none | k (train the last k blocks)")
+                      ] = None,
+    image_size: int | None = None,
+    model: Annotated[str | None, Opt(help="efficientnet_b4 | efficientnet_lite0")] = None,
+    weights: Annotated[str | None, Opt(help="PATH | default | none")] = None,
+    out: Annotated[Path | None, Opt(help="Run directory (artifact + checkpoints + reports).")
+                   ] = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    patience: Annotated[int | None, Opt(help="Early stop after N epochs without val gain.")
+                        ] = None,
+    resume: Annotated[Path | None, Opt(help="checkpoint.pt to continue from.")] = None,
+    profile: Annotated[bool, Opt(help="Profile a window of steps -> <out>/profile/.")] = False,
+    profile_steps: int | None = None,
+    lr_schedule: Annotated[str | None, Opt(help="constant | cosine")] = None,
+    weight_decay: float | None = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
+    progress: bool = True,
+    debug_rank_metrics: Annotated[bool, Opt(hidden=True)] = False,
+) -> None:
+    """Fine-tune the counter (single process, or each rank under torchrun)."""
+    from trainer.distributed import dist_info
+    from trainer.train import fit
+
+    config = _fit_config(
+        manifest=manifest, hyperparameters=hyperparameters, batch_size=batch_size,
+        epochs=epochs, lr=lr, freeze=freeze, image_size=image_size, model=model,
+        weights=weights, out=out, seed=seed, workers=workers, patience=patience, resume=resume,
+        profile=profile or None, profile_steps=profile_steps, lr_schedule=lr_schedule,
+        weight_decay=weight_decay, device=device, progress=progress,
+        debug_rank_metrics=debug_rank_metrics or None)
+    result = fit(config)
+    if dist_info().is_main:
+        _print_fit(config.out, result)
+
+
+def _print_fit(out: Path, result: Any) -> None:
+    console.print(f"run {out}: best val loss {result.best_val_loss:.4f} "
+                  f"(epoch {result.best_epoch})")
+    if result.test_metrics is not None:
+        t, b = result.test_metrics, result.baseline
+        console.print(f"test: accuracy {t['accuracy']:.3f}, RMSE {t['rmse']:.3f}, "
+                      f"off-by-one {t['off_by_one_accuracy']:.3f} (n={t['n']}); majority "
+                      f"baseline accuracy {b['accuracy']:.3f}, RMSE {b['rmse']:.3f}")
+
+
+@train_app.command("tune")
+def tune_cmd(
+    manifest: Path = DEFAULT_MANIFEST,
+    out: Path = Path("artifacts/tune"),
+    trials: int = 20,
+    parallel: Annotated[int, Opt(help="Trials at once in this process (threads).")] = 1,
+    storage: Annotated[str | None, Opt(help="Optuna storage URL (default sqlite in --out; a "
+                                            "postgres URL shares trials across machines).")
+                       ] = None,
+    study_name: str = "binaudit-counter",
+    lr_min: float = 0.001,
+    lr_max: float = 0.1,
+    batch_sizes: Annotated[str, Opt(help="Comma-separated choices.")] = "32,64,128,256,512",
+    epochs_min: int = 2,
+    epochs_max: int = 20,
+    freeze: str = "backbone",
+    image_size: int = 224,
+    model: str = "efficientnet_lite0",
+    weights: str = "default",
+    seed: int = 0,
+    workers: int = 0,
+    final_fit: Annotated[bool, Opt(help="Fit once with the best params and test it.")] = True,
+) -> None:
+    """Optuna TPE + median pruning on validation loss; writes hp.json, trials, plot."""
+    from trainer.tune import SearchSpace, tune
+
+    space = SearchSpace(lr_low=lr_min, lr_high=lr_max, epochs_low=epochs_min,
+                        epochs_high=epochs_max,
+                        batch_sizes=tuple(int(b) for b in batch_sizes.split(",")))
+    base = _fit_config(manifest=manifest, hyperparameters=None, freeze=freeze,
+                       image_size=image_size, model=model, weights=weights, seed=seed,
+                       workers=workers, out=out / "best", device="auto", progress=False)
+    result = tune(base, space=space, trials=trials, out=out, parallel=parallel,
+                  storage=storage, study_name=study_name, seed=seed, final_fit=final_fit)
+    console.print(f"best params {result.best_params} -> {out / 'hp.json'}")
+    if result.final is not None:
+        _print_fit(out / "best", result.final)
+
+
+@train_app.command("evaluate")
+def evaluate_cmd(
+    artifact: Path,
+    manifest: Path = DEFAULT_MANIFEST,
+    split: str = "test",
+    out: Annotated[Path | None, Opt(help="JSON to write (default <artifact>/eval-<split>.json)")
+                   ] = None,
+) -> None:
+    """Accuracy, RMSE, per-class and off-by-one accuracy, confusion matrix of an artifact."""
+    from trainer.evaluate import evaluate_artifact, write_evaluation
+    from trainer.model import ArtifactError
+
+    try:
+        result = evaluate_artifact(artifact, manifest, split=split)
+    except ArtifactError as exc:
+        raise _fail(str(exc)) from exc
+    path = write_evaluation(result, out or artifact / f"eval-{split}.json")
+    console.print(json.dumps({k: result[k] for k in ("n", "accuracy", "rmse",
+                                                     "off_by_one_accuracy")}))
+    console.print(f"written to {path}")
+
+
+@train_app.command("quickstart")
+def quickstart_cmd(
+    source_dir: Path = Path("../shared/data/abid-sample"),
+    out: Annotated[Path, Opt(help="Models root; the run goes to <out>/<version> and "
+                                  "<out>/current points at it.")] = Path("artifacts/models"),
+    epochs: int = 6,
+    image_size: int = 224,
+) -> None:
+    """prepare + fit of pretrained EfficientNet-Lite0 (frozen backbone) on the ABID sample."""
+    from trainer import data
+    from trainer.train import fit
+
+    manifest_path = out / "quickstart-manifest.json"
+    manifest = data.build_manifest(data.read_labels_csv(source_dir / "labels.csv"), source_dir,
+                                   classes=[1, 2, 3, 4, 5], seed=0)
+    data.write_manifest(manifest, manifest_path)
+    config = _fit_config(manifest=manifest_path, hyperparameters=None, epochs=epochs,
+                         batch_size=32, lr=3e-3, freeze="backbone", image_size=image_size,
+                         model="efficientnet_lite0", weights="default")
+    config = config.model_copy(update={"out": out / config.version})
+    result = fit(config)
+    current = out / "current"
+    if current.is_symlink() or not current.exists():
+        current.unlink(missing_ok=True)
+        current.symlink_to(config.version)
+    _print_fit(config.out, result)
+
+
+@model_app.command("register")
+def register_cmd(ctx: typer.Context, path: Path) -> None:
+    """Record the artifact at PATH in the model_versions table (idempotent)."""
+    from sqlalchemy import create_engine
+
+    from binaudit.cli import settings_of
+    from trainer.model import ArtifactError
+    from trainer.registry import register_artifact
+
+    settings = settings_of(ctx)
+    engine = create_engine(settings.db.url.get_secret_value(),
+                           connect_args=settings.db.connect_args())
+    try:
+        version, inserted = register_artifact(engine, path)
+    except ArtifactError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        engine.dispose()
+    console.print(f"{version}: {'registered' if inserted else 'already registered'}")

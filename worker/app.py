@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from binaudit.settings import Settings
@@ -26,6 +27,7 @@ from schemas.records import EventError
 from worker.inference import Counter, ImageLimits, Preprocessor
 from worker.io.kafka_source import EventSource
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
+from worker.io.producer import EventProducer
 from worker.io.s3_images import FetchPolicy, ImageFetcher
 from worker.metrics import HealthServer, WorkerMetrics
 from worker.offsets import OffsetTracker, TopicPartitionKey
@@ -70,6 +72,7 @@ class Worker:
         self._paused = False
         self._last_activity = time.monotonic()
         self._ready = False
+        self._dlq: EventProducer | None = None
 
     # ---- public ---------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -94,6 +97,8 @@ class Worker:
                 backoff_initial_s=self.cfg.retry_backoff_initial_s,
                 backoff_max_s=self.cfg.retry_backoff_max_s)))
             self.pipeline = stack.enter_context(self._build_pipeline(counter, fetcher))
+            self._dlq = (stack.enter_context(EventProducer(self.settings.kafka))
+                         if self.settings.kafka.dlq_topic else None)
             if self.cfg.metrics_port is not None:
                 stack.enter_context(HealthServer(self.cfg.metrics_port, self.metrics.registry,
                                                  lambda: self._ready))
@@ -170,7 +175,8 @@ class Worker:
         position = Position(record.topic, record.partition, record.offset)
         self.tracker.started(TopicPartitionKey(record.topic, record.partition), record.offset)
         try:
-            event = decode_event(record.value or b"", max_bytes=self.settings.kafka.max_message_bytes)
+            event = decode_event(record.value or b"",
+                                 max_bytes=self.settings.kafka.max_message_bytes)
         except EventError as exc:
             self._outcomes.put(Outcome(WorkItem(position, None, context=record), error=exc))
             return
@@ -238,9 +244,31 @@ class Worker:
                 log.warning("postgres unavailable (%s); %d rows held, retry in %.1fs",
                             exc, len(self._pending), delay)
                 return
+            if not self._publish_dead_letters():
+                self._sink_retry_at = time.monotonic() + self._next_backoff()
+                return
             self._written()
         if commit:
             self._commit()
+
+    def _publish_dead_letters(self) -> bool:
+        """Mirror dead letters to the DLQ topic (if set) before their offsets are committed.
+
+        On failure nothing is marked done: the rows are re-written (a no-op) and the letters
+        re-sent on the next try, so the DLQ is at-least-once like everything else.
+        """
+        topic = self.settings.kafka.dlq_topic
+        if self._dlq is None or topic is None or not self._pending.dead_letters:
+            return True
+        try:
+            for letter in self._pending.dead_letters:
+                self._dlq.send(topic, key=letter.key or "",
+                               value=letter.model_dump_json().encode())
+            self._dlq.flush()
+        except KafkaError as exc:
+            log.warning("DLQ topic %s unavailable (%s); will retry", topic, exc)
+            return False
+        return True
 
     def _written(self) -> None:
         if self._sink_failed:

@@ -16,3 +16,7 @@ def register(app: typer.Typer) -> None:
     from worker.run_cli import worker
 
     app.command("worker")(worker)
+
+    from worker.summary import summary
+
+    app.command("summary")(summary)

@@ -42,6 +42,7 @@ def prediction_from_probs(probs: Sequence[float], scores: Sequence[float],
     return Prediction(
         count=int(class_counts[best]),
         confidence=float(probs[best]),
-        probabilities={str(c): round(float(p), 6) for c, p in zip(class_counts, probs, strict=True)},
+        probabilities={str(c): round(float(p), 6)
+                       for c, p in zip(class_counts, probs, strict=True)},
         scores=tuple(float(s) for s in scores),
     )

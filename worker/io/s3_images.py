@@ -109,7 +109,7 @@ class ImageFetcher:
                 return await self._get_once(bucket, key)
             except EventError:
                 raise
-            except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
                 if self._stopping.is_set():
                     raise FetcherStopped(f"stopped while fetching s3://{bucket}/{key}") from exc
                 self.retries += 1
