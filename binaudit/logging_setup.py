@@ -38,5 +38,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # kafka-python is chatty at INFO about every connection.
-    for noisy in ("kafka", "botocore", "aiobotocore", "urllib3", "PIL"):
+    for noisy in ("kafka", "botocore", "aiobotocore", "urllib3", "PIL", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -144,7 +144,7 @@ class Worker:
             self._apply_backpressure()
             for record in self.source.poll(timeout_ms=100, max_records=self._room()):
                 self._accept(record)
-            if time.monotonic() - last_lag > 5:
+            if time.monotonic() - last_lag > 10:
                 last_lag = time.monotonic()
                 self._update_lag()
             if self._idle_long_enough():
@@ -346,8 +346,15 @@ class Worker:
                  self.stats.verdicts, self.stats.dead_letters)
 
     def _update_lag(self) -> None:
-        for tp, lag in self.source.lag().items():
+        lags = self.source.lag()
+        for tp, lag in lags.items():
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        written = sum(self.stats.verdicts.values()) + sum(self.stats.dead_letters.values())
+        # Progress for people watching a long drain (the demo, a backlog after an outage).
+        log.info("progress: %d events taken, %d written (%.1f/s), %d in flight, lag %d%s",
+                 self.stats.events, written, written / max(self.stats.seconds, 1e-9),
+                 self.tracker.in_flight(), sum(lags.values()),
+                 ", paused" if self._paused else "")
 
     def _idle_long_enough(self) -> bool:
         idle = self.cfg.exit_when_idle_s
