@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Installation is redone only when pyproject.toml is newer than this stamp.
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv services-up services-down services-status migrate test lint demo bench \
+.PHONY: help venv system-deps services-up services-down services-status migrate test lint demo bench \
         reliability schemas clean
 
 help:
@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $@
 
-services-up: venv
+system-deps:
+	bash scripts/system-deps.sh
+
+services-up: venv system-deps
 	$(BIN)/binaudit services up
 
 services-down: venv

@@ -36,6 +36,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @train_app.command("prepare")
 def prepare_cmd(
+    ctx: typer.Context,
     out: Annotated[Path, Opt(help="Manifest JSON to write (a CSV copy goes next to it).")
                    ] = DEFAULT_MANIFEST,
     file_list: Annotated[Path | None, Opt(help="The reference's file_list.json.")] = None,
@@ -45,8 +46,9 @@ def prepare_cmd(
                       ] = None,
     source_dir: Annotated[Path | None, Opt(help="Local ABID-format folder (images/, metadata/).")
                           ] = None,
-    bucket: Annotated[str | None, Opt(help="Fetch from this ABID bucket (via worker/abid_fetch).")
-                      ] = None,
+    bucket: Annotated[str | None, Opt(help="Fetch the listed ids from this ABID bucket first "
+                                           "(`binaudit data fetch`) into --source-dir "
+                                           "(default data/abid).")] = None,
     classes: Annotated[str, Opt(help="Item counts that are classes, e.g. 1-5.")] = "1-5",
     seed: int = 0,
     val_fraction: float = 0.1,
@@ -59,8 +61,9 @@ def prepare_cmd(
     if len(given) > 1:
         raise _fail("give one of --file-list, --ids, --labels")
     if bucket is not None:
-        raise _fail("--bucket needs worker/abid_fetch.py (`binaudit data fetch`), which is not "
-                    "available yet: fetch the images first, then use --source-dir DIR")
+        source_dir = source_dir or Path("data/abid")
+        wanted = _listed_ids(file_list=file_list, ids=ids, labels=labels)
+        _fetch_from_bucket(ctx, bucket, wanted, source_dir)
     if source_dir is None:
         raise _fail("--source-dir is required (a local ABID-format folder)")
     if not given:
@@ -89,6 +92,32 @@ def prepare_cmd(
         shown = ", ".join(manifest.missing[:5])
         console.print(f"[yellow]{len(manifest.missing)} ids missing from {source_dir}[/yellow]"
                       f" (e.g. {shown})")
+
+
+def _listed_ids(*, file_list: Path | None, ids: Path | None, labels: Path | None) -> list[str]:
+    from trainer import data
+
+    if file_list is not None:
+        return [e.id for e in data.read_file_list(file_list)]
+    if ids is not None:
+        return [x.strip() for x in ids.read_text().splitlines()
+                if x.strip() and not x.startswith("#")]
+    if labels is not None:
+        return [e.id for e in data.read_labels_csv(labels)]
+    raise _fail("--bucket needs the ids to fetch: give --file-list, --ids or --labels")
+
+
+def _fetch_from_bucket(ctx: typer.Context, bucket: str, ids: list[str], out_dir: Path) -> None:
+    """Download the ids (resumable) with the data client, then prepare from the local copy."""
+    import asyncio
+
+    from binaudit.cli import settings_of
+    from worker.abid_fetch import fetch_with_settings
+
+    abid = settings_of(ctx).abid.model_copy(update={"bucket": bucket})
+    summary = asyncio.run(fetch_with_settings(abid, ids, out_dir=out_dir, progress=True))
+    console.print(f"fetched from s3://{bucket}: {summary.downloaded} downloaded, "
+                  f"{summary.skipped} already complete, {len(summary.missing)} missing")
 
 
 def _fit_config(**kw: Any) -> Any:
