@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 
 class _UtcFormatter(logging.Formatter):
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed: gmtime(secs=None)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")

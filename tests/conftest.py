@@ -187,13 +187,15 @@ class WorkerProcess:
 
         try:
             return int(self.proc.wait(timeout=timeout))
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
-            raise AssertionError(f"worker did not exit in {timeout}s; log:\n{self.log()[-4000:]}")
+            raise AssertionError(
+                f"worker did not exit in {timeout}s; log:\n{self.log()[-4000:]}") from exc
 
 
 @pytest.fixture
-def worker_process_factory(services: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_process_factory(services: Settings,
+                           tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `python -m binaudit worker` children; all are killed at teardown."""
     import os
     import subprocess

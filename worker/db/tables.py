@@ -10,6 +10,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -104,3 +105,55 @@ dead_letters = Table(
     UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_position"),
 )
 
+# ---- replay / backtest (migration 0002) ------------------------------------------------------
+BACKTEST_RUN_STATUSES = ("running", "finished", "failed")
+BACKTEST_RESULT_STATUSES = (*VERDICT_STATUSES, "error")
+
+backtest_runs = Table(
+    "backtest_runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("model_version", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    # The window as the user gave it ({"from": ..., "to": ...}) and as resolved offsets
+    # ({"<partition>": [start, end)}).
+    Column("requested_window", JSONB, nullable=False),
+    Column("resolved_offsets", JSONB, nullable=False),
+    Column("class_counts", JSONB, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("events", Integer, nullable=False, server_default="0"),
+    Column("errors", Integer, nullable=False, server_default="0"),
+    Column("status", Text, nullable=False, server_default="running"),
+    CheckConstraint("status IN ('running','finished','failed')", name="ck_backtest_runs_status"),
+)
+
+backtest_results = Table(
+    "backtest_results",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("backtest_runs.run_id", ondelete="CASCADE"),
+           nullable=False),
+    # NULL for records that never decoded into an event (unique on the position instead).
+    Column("event_id", Text, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("bin_id", Text, nullable=True),
+    Column("image_uri", Text, nullable=True),
+    Column("captured_at", DateTime(timezone=True), nullable=True),
+    Column("expected_quantity", Integer, nullable=True),
+    Column("predicted_quantity", Integer, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("error_kind", Text, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("run_id", "event_id", name="uq_backtest_results_run_event"),
+    UniqueConstraint("run_id", "topic", "partition", "offset",
+                     name="uq_backtest_results_run_position"),
+    CheckConstraint(
+        "status IN ('match','mismatch','uncertain','unsupported','error')",
+        name="ck_backtest_results_status",
+    ),
+)
