@@ -16,7 +16,17 @@ def register(app: typer.Typer) -> None:
     from worker.run_cli import worker
 
     app.command("worker")(worker)
+    from worker.serve import serve_command
+
+    app.command("serve")(serve_command)
 
     from worker.summary import summary
 
     app.command("summary")(summary)
+    from worker.replay import replay_command
+
+    app.command("replay")(replay_command)
+    from worker.audit_cli import mismatches_command, review_app
+
+    app.command("mismatches")(mismatches_command)
+    app.add_typer(review_app, name="review")
