@@ -90,7 +90,8 @@ class Counter:
         self.card = card
         self.device = device
         self.is_cuda = device.type == "cuda"
-        self.channels_last = self.is_cuda if channels_last is None else channels_last
+        # channels_last won on both devices in bench/ (CPU: 1.27x fp32 NCHW for B4 at batch 16).
+        self.channels_last = True if channels_last is None else channels_last
         model = model.to(device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

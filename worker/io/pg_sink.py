@@ -48,6 +48,10 @@ class ResultSink:
     def __enter__(self) -> ResultSink:
         self._engine = create_engine(
             self.cfg.url.get_secret_value(), pool_pre_ping=True, pool_size=self.cfg.pool_size,
+            # INSERT .. ON CONFLICT is not batched by insertmanyvalues; psycopg2's execute_batch
+            # is (bench/: 1.1x rows/s at 16 rows per transaction, 1.7x at 256).
+            **({"executemany_mode": "values_plus_batch"}
+               if self.cfg.url.get_secret_value().startswith("postgresql+psycopg2") else {}),
             connect_args={**self.cfg.connect_args(), "connect_timeout": 5},
         )
         return self

@@ -1,0 +1,298 @@
+"""One benchmark scenario per child process: ``python -m bench.scenario NAME --config JSON``.
+
+A child per scenario gives each its own peak RSS (``ru_maxrss``), its own threads and a
+timeout the orchestrator can enforce. Scenarios:
+
+* ``model``     one model variant over batch sizes (``bench.model_speed``);
+* ``decode``    preprocessing methods per core, and batched GPU decode on CUDA;
+* ``ceiling``   null-model worker end to end + each I/O component alone, same process;
+* ``null-worker`` the null-model worker alone (memory against the number of events);
+* ``e2e``       model alone → worker end to end → per-event baseline → model alone again,
+                all with the same loaded counter (ratios from one process, one run);
+* ``local``     in-process pipeline fed from memory vs model alone vs per-event (GPU script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.env import peak_rss_bytes
+
+log = logging.getLogger("bench.scenario")
+
+
+@dataclass
+class ScenarioConfig:
+    device: str = "cpu"
+    artifact: str | None = None
+    db_name: str = "binaudit_bench"
+    events: int = 0  # 0: size from target_seconds (e2e) or a default
+    min_events: int = 200
+    max_events: int = 5000
+    target_seconds: float = 120.0
+    batch_size: int = 16
+    decode_workers: int | None = None
+    channels_last: bool | None = None  # None: the worker's default for the device
+    repeats: int = 3
+    min_seconds: float = 1.5
+    # model: one entry per measurement series, {"variant", "path", "batch_sizes"}
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    architecture: str = "efficientnet_b4"
+    interleave: bool = False
+    baseline_seconds: float = 45.0
+    baseline_max_events: int = 300
+    pg_transaction_sizes: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
+    pg_rows: int = 1000
+    component_events: int = 700
+    decode_batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
+    local_batch_sizes: list[int] = field(default_factory=list)
+
+
+def _worker_overrides(cfg: ScenarioConfig, **worker: object) -> dict[str, object]:
+    extra = {"device": cfg.device, "max_batch_size": cfg.batch_size, **worker}
+    if cfg.decode_workers:
+        extra["decode_workers"] = cfg.decode_workers
+    return extra
+
+
+def _settings(cfg: ScenarioConfig, **worker: object) -> Any:
+    """Settings for scenarios that use the services (bench database, bucket)."""
+    from bench.services import bench_settings
+    from binaudit.settings import Settings
+
+    return bench_settings(Settings(), db_name=cfg.db_name,
+                          worker=_worker_overrides(cfg, **worker))
+
+
+def _local_settings(cfg: ScenarioConfig) -> Any:
+    """Settings for service-free scenarios (no database/Kafka client imported: GPU box)."""
+    from binaudit.settings import Settings
+
+    base = Settings()
+    return base.model_copy(update={"worker": base.worker.model_copy(
+        update=_worker_overrides(cfg))})
+
+
+def _preprocessor(settings: Any, card: Any) -> Any:
+    from bench.components import limits_of
+    from worker.inference import Preprocessor
+
+    return Preprocessor(card, limits_of(settings))
+
+
+# ---- scenarios ------------------------------------------------------------------------------
+
+def scenario_model(cfg: ScenarioConfig) -> dict[str, Any]:
+    from bench.model_speed import Timing, measure_interleaved, measure_variant
+
+    assert cfg.artifact, "model needs an artifact"
+    rows = []
+    if cfg.interleave:  # all runs share one batch-size list and the counter path
+        return {"rows": measure_interleaved(
+            Path(cfg.artifact), torch.device(cfg.device), [r["variant"] for r in cfg.runs],
+            list(cfg.runs[0]["batch_sizes"]), Timing(cfg.repeats, cfg.min_seconds))}
+    for run in cfg.runs:
+        rows += measure_variant(Path(cfg.artifact), torch.device(cfg.device), run["variant"],
+                                run.get("path", "counter"), list(run["batch_sizes"]),
+                                Timing(cfg.repeats, cfg.min_seconds))
+    return {"rows": rows}
+
+
+def scenario_decode(cfg: ScenarioConfig) -> dict[str, Any]:
+    from bench.decode_speed import draft_effect, measure_cpu, measure_cuda
+    from bench.models import bench_card
+    from bench.samples import find_sample_dir, sample_images
+
+    images = sample_images(allow_synthetic=True)
+    card = bench_card("efficientnet_b4", 224, tag="decode")
+    out: dict[str, Any] = {"samples": str(find_sample_dir() or "synthetic JPEGs"),
+                           "draft_effect": draft_effect(images, card.input_size),
+                           "cpu": measure_cpu(images, card, repeats=cfg.repeats,
+                                              min_seconds=cfg.min_seconds)}
+    if cfg.device == "cuda":
+        out["cuda"] = measure_cuda(images, card, batch_sizes=cfg.decode_batch_sizes,
+                                   repeats=cfg.repeats, min_seconds=cfg.min_seconds)
+    return out
+
+
+def _null_worker_runs(cfg: ScenarioConfig, settings: Any, topic: str, events: int,
+                      repeats: int) -> list[dict[str, Any]]:
+    from bench.models import NullCounter
+    from bench.services import kafka_for
+    from bench.worker_run import run_worker
+
+    runs = []
+    for _ in range(repeats):
+        counter = NullCounter(224, "cpu")  # fresh model version: every row is a new row
+        runs.append(run_worker(kafka_for(settings, topic=topic), counter, expected=events))
+        log.info("null worker: %s events/s", runs[-1]["events_per_s"])
+    return runs
+
+
+def scenario_ceiling(cfg: ScenarioConfig) -> dict[str, Any]:
+    from bench.components import measure_all
+    from bench.models import NullCounter
+    from bench.samples import SAMPLE_DIR, sample_images
+    from bench.services import published_topic
+    from worker.publisher import build_events
+
+    settings = _settings(cfg, exit_when_idle_s=3.0)
+    events = cfg.events or 2000
+    null = NullCounter(224, "cpu")
+    with published_topic(settings, events) as topic:
+        runs = _null_worker_runs(cfg, settings, topic, events, cfg.repeats)
+        evs = build_events(SAMPLE_DIR, bucket=settings.s3.bucket,
+                           count=min(events, cfg.component_events), loop=True)
+        components = measure_all(
+            settings, topic=topic, events=evs, images=sample_images(),
+            preprocessor=_preprocessor(settings, null.card), prediction=null.infer(
+                torch.zeros(1))[0], repeats=cfg.repeats,
+            pg_transaction_sizes=cfg.pg_transaction_sizes, pg_rows=cfg.pg_rows)
+    return {"events": events, "worker_runs": runs,
+            "events_per_s": statistics.median(r["events_per_s"] for r in runs),
+            "components": components, "settings": _worker_knobs(settings)}
+
+
+def scenario_null_worker(cfg: ScenarioConfig) -> dict[str, Any]:
+    from bench.services import published_topic
+
+    settings = _settings(cfg, exit_when_idle_s=3.0)
+    with published_topic(settings, cfg.events) as topic:
+        run = _null_worker_runs(cfg, settings, topic, cfg.events, 1)[0]
+    return {"events": cfg.events, "run": run, "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
+
+
+def scenario_e2e(cfg: ScenarioConfig) -> dict[str, Any]:
+    from bench.baseline import run_per_event
+    from bench.env import measure_rate
+    from bench.model_speed import counter_step
+    from bench.models import load_counter
+    from bench.services import kafka_for, published_topic
+    from bench.worker_run import run_worker
+
+    assert cfg.artifact, "e2e needs an artifact"
+    settings = _settings(cfg, exit_when_idle_s=3.0, model_path=Path(cfg.artifact))
+    counter = load_counter(Path(cfg.artifact), cfg.device, channels_last=cfg.channels_last)
+    pre = _preprocessor(settings, counter.card)
+    side = counter.card.input_size
+    sync = torch.cuda.synchronize if counter.is_cuda else None
+
+    def model_alone(bs: int) -> dict[str, Any]:
+        step = counter_step(counter, torch.randn(bs, 3, side, side))
+        step()
+        return measure_rate(step, repeats=cfg.repeats, min_seconds=cfg.min_seconds,
+                            sync=sync).as_dict()
+
+    before = model_alone(cfg.batch_size)
+    before_1 = model_alone(1)
+    events = cfg.events or int(min(cfg.max_events, max(cfg.min_events,
+                                                        before["median"] * cfg.target_seconds)))
+    log.info("model alone %.2f img/s at batch %d: %d events", before["median"],
+             cfg.batch_size, events)
+    with published_topic(settings, events) as topic:
+        worker = run_worker(kafka_for(settings, topic=topic), counter, expected=events)
+        log.info("worker: %s events/s", worker["events_per_s"])
+        per_event = run_per_event(kafka_for(settings, topic=topic), counter, pre,
+                                  max_events=cfg.baseline_max_events,
+                                  max_seconds=cfg.baseline_seconds)
+        log.info("per-event: %s events/s", per_event["events_per_s"])
+    after = model_alone(cfg.batch_size)
+    after_1 = model_alone(1)
+    model_rate = statistics.median([before["median"], after["median"]])
+    spread = abs(before["median"] - after["median"]) / max(model_rate, 1e-9)
+    batch1 = {"median": statistics.median([before_1["median"], after_1["median"]]),
+              "before": before_1["median"], "after": after_1["median"]}
+    return {"events": events, "batch_size": cfg.batch_size,
+            "channels_last": counter.channels_last,
+            "model_alone": {"before": before, "after": after, "median": model_rate,
+                            "batch_1": batch1, "before_after_spread": round(spread, 3)},
+            "worker": worker, "per_event": per_event,
+            "efficiency": round(worker["events_per_s"] / model_rate, 3),
+            "speedup_vs_per_event": round(worker["events_per_s"] / per_event["events_per_s"], 2),
+            "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
+            "settings": _worker_knobs(settings)}
+
+
+def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
+    """Per batch size: model alone, then the pipeline sized to ~``target_seconds`` of it."""
+    from bench.env import measure_rate
+    from bench.local_pipeline import run_per_event, run_pipeline
+    from bench.model_speed import counter_step
+    from bench.models import load_counter
+    from bench.samples import sample_images
+    from worker.pipeline import PipelineConfig
+
+    assert cfg.artifact, "local needs an artifact"
+    settings = _local_settings(cfg)
+    counter = load_counter(Path(cfg.artifact), cfg.device, channels_last=cfg.channels_last)
+    pre = _preprocessor(settings, counter.card)
+    images = sample_images(allow_synthetic=True)
+    side = counter.card.input_size
+    sync = torch.cuda.synchronize if counter.is_cuda else None
+    wcfg = settings.worker
+    runs = []
+    for bs in cfg.local_batch_sizes or [cfg.batch_size]:
+        step = counter_step(counter, torch.randn(bs, 3, side, side))
+        counter.warm_up((1, bs))
+        model = measure_rate(step, repeats=cfg.repeats, min_seconds=cfg.min_seconds, sync=sync)
+        events = cfg.events or int(min(cfg.max_events, max(cfg.min_events,
+                                                            model.median * cfg.target_seconds)))
+        config = PipelineConfig(max_batch_size=bs, max_wait_s=wcfg.max_wait_ms / 1000,
+                                decode_workers=wcfg.decode_workers)
+        pipeline = run_pipeline(counter, pre, images, events=events, config=config,
+                                max_in_flight=max(wcfg.max_in_flight, 4 * bs))
+        log.info("local pipeline bs=%d: %s/s (model alone %.1f/s)", bs,
+                 pipeline["events_per_s"], model.median)
+        runs.append({"batch_size": bs, "model_alone": model.as_dict(), "pipeline": pipeline,
+                     "efficiency": round(pipeline["events_per_s"] / model.median, 3)})
+    per_event = run_per_event(counter, pre, images, events=cfg.baseline_max_events)
+    for run in runs:
+        run["speedup_vs_per_event"] = round(run["pipeline"]["events_per_s"]
+                                            / per_event["events_per_s"], 2)
+    from bench.samples import find_sample_dir
+
+    return {"samples": str(find_sample_dir() or "synthetic JPEGs"),
+            "channels_last": counter.channels_last, "decode_workers": wcfg.decode_workers,
+            "runs": runs, "per_event": per_event}
+
+
+def _worker_knobs(settings: Any) -> dict[str, Any]:
+    w = settings.worker
+    return {"max_batch_size": w.max_batch_size, "max_wait_ms": w.max_wait_ms,
+            "decode_workers": w.decode_workers, "max_in_flight": w.max_in_flight,
+            "poll_max_records": w.poll_max_records, "s3_max_concurrency":
+            settings.s3.max_concurrency, "device": w.device}
+
+
+SCENARIOS = {"model": scenario_model, "decode": scenario_decode, "ceiling": scenario_ceiling,
+             "null-worker": scenario_null_worker, "e2e": scenario_e2e, "local": scenario_local}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(SCENARIOS))
+    p.add_argument("--config", default="{}", help="ScenarioConfig fields as JSON")
+    p.add_argument("--json-out", type=Path, required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "botocore", "aiobotocore", "alembic", "worker.app"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = ScenarioConfig(**json.loads(args.config))
+    result = SCENARIOS[args.name](cfg)
+    result["config"] = asdict(cfg)
+    args.json_out.write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
