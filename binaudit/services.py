@@ -225,7 +225,8 @@ class LocalServices:
             pid = self._running(name)
             if pid is not None:
                 log.info("%s already running (pid %d, port %d)", name, pid, port)
-            elif port_open(port):
+            elif port_open(port) and not _port_frees(port, timeout=15):
+                # (a just-killed service can hold its port for a moment while it is torn down)
                 raise ServiceError(f"port {port} for {name} is taken by a process that "
                                    f"{self._pidfile(name)} does not name; "
                                    f"log {self._logfile(name)}")
@@ -495,6 +496,15 @@ def _terminate(pid: int, timeout: float = 30.0) -> None:
     if not _wait_dead(pid, timeout):
         os.killpg(pid, signal.SIGKILL)
         _wait_dead(pid, 5)
+
+
+def _port_frees(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not port_open(port):
+            return True
+        time.sleep(0.3)
+    return False
 
 
 def _wait_dead(pid: int, timeout: float) -> bool:

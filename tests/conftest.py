@@ -75,7 +75,8 @@ def settings_factory(services: Settings) -> SettingsFactory:
 
 @pytest.fixture(scope="session")
 def db_engine(services: Settings) -> Iterator[Engine]:
-    engine = create_engine(services.db.url.get_secret_value())
+    # pre_ping: tests restart Postgres, which leaves dead connections in the pool
+    engine = create_engine(services.db.url.get_secret_value(), pool_pre_ping=True)
     yield engine
     engine.dispose()
 

@@ -44,6 +44,12 @@ def worker_settings(settings_factory: Callable[..., Settings], topic_factory: Ca
     )
 
 
+@pytest.fixture
+def verdict_rows(worker_settings: Settings, count_rows: Callable[..., int]) -> Callable[[], int]:
+    """Rows of this test's topic only: other suites share the database."""
+    return lambda: count_rows("audit_results", topic=worker_settings.kafka.topic)
+
+
 def test_sample_events_give_one_verdict_each(worker_settings: Settings, sample_dir: Path,
                                              clean_db: Engine) -> None:
     report = publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
@@ -52,7 +58,7 @@ def test_sample_events_give_one_verdict_each(worker_settings: Settings, sample_d
     stats = Worker(worker_settings).run()
 
     found = rows(clean_db, "SELECT event_id, status, expected_quantity, predicted_quantity "
-                           "FROM audit_results")
+                           "FROM audit_results WHERE topic = :t", t=worker_settings.kafka.topic)
     assert len(found) == 350 and stats.events == 350
     assert {r.event_id for r in found} == set(report.event_ids)
     for r in found:
@@ -62,7 +68,9 @@ def test_sample_events_give_one_verdict_each(worker_settings: Settings, sample_d
             assert r.status == ("match" if r.predicted_quantity == r.expected_quantity
                                 else "mismatch")
     mismatched = {r.event_id for r in found if r.status == "mismatch"}
-    mirrored = rows(clean_db, "SELECT event_id, review_state FROM discrepancies")
+    mirrored = rows(clean_db, "SELECT d.event_id, d.review_state FROM discrepancies d "
+                              "JOIN audit_results a USING (event_id, model_version) "
+                              "WHERE a.topic = :t", t=worker_settings.kafka.topic)
     assert {r.event_id for r in mirrored} == mismatched
     assert {r.review_state for r in mirrored} <= {"open"}
     unsupported = sum(1 for r in found if r.status == "unsupported")
@@ -79,7 +87,8 @@ def test_bad_inputs_become_dead_letters_and_good_events_still_flow(
 
     Worker(worker_settings).run()
 
-    letters = rows(clean_db, 'SELECT "partition", "offset", error_kind FROM dead_letters')
+    letters = rows(clean_db, 'SELECT "partition", "offset", error_kind FROM dead_letters '
+                   'WHERE topic = :t', t=worker_settings.kafka.topic)
     by_position = {(r.partition, r.offset): r.error_kind for r in letters}
     expected_kind = {"malformed_json": "invalid_json", "schema_violation": "schema_violation",
                      "missing_image": "missing_object", "corrupt_jpeg": "truncated_image",
@@ -89,13 +98,14 @@ def test_bad_inputs_become_dead_letters_and_good_events_still_flow(
         for rec in records:
             assert by_position[(rec.partition, rec.offset)] == expected_kind[name], name
     assert len(letters) == report.fault_count
-    good = rows(clean_db, "SELECT count(*) AS n FROM audit_results")[0].n
+    good = rows(clean_db, "SELECT count(*) AS n FROM audit_results WHERE topic = :t",
+                t=worker_settings.kafka.topic)[0].n
     assert good == report.valid
 
 
 def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
         worker_settings: Settings, sample_dir: Path, clean_db: Engine,
-        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        worker_process_factory: Callable[..., Any], verdict_rows: Callable[[], int],
         wait_for: Callable[..., None]) -> None:
     report = publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
     env = {"kafka": {"topic": worker_settings.kafka.topic,
@@ -103,24 +113,25 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
            "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
                       "max_batch_size": 4, "artificial_delay_s": 0.1}}
     first = worker_process_factory("victim", **env)
-    wait_for(lambda: count_rows("audit_results") >= 60, 120, "the first rows")
+    wait_for(lambda: verdict_rows() >= 60, 120, "the first rows")
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait(timeout=30)
-    written_at_kill = count_rows("audit_results")
+    written_at_kill = verdict_rows()
     assert written_at_kill < 350, "the kill came too late to test anything"
 
     env["worker"] |= {"exit_when_idle_s": 3.0, "artificial_delay_s": 0.0}
     second = worker_process_factory("restarted", **env)
     assert second.wait(timeout=240) == 0, second.log()[-3000:]
 
-    found = rows(clean_db, "SELECT event_id, count(*) AS n FROM audit_results GROUP BY 1")
+    found = rows(clean_db, "SELECT event_id, count(*) AS n FROM audit_results WHERE topic = :t "
+                         "GROUP BY 1", t=worker_settings.kafka.topic)
     assert len(found) == 350 and all(r.n == 1 for r in found)
     assert {r.event_id for r in found} == set(report.event_ids)
 
 
 def test_postgres_outage_pauses_then_recovers_without_loss(
         worker_settings: Settings, sample_dir: Path, clean_db: Engine,
-        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        worker_process_factory: Callable[..., Any], verdict_rows: Callable[[], int],
         wait_for: Callable[..., None]) -> None:
     publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic, count=200)
     supervisor = LocalServices(worker_settings)
@@ -131,21 +142,22 @@ def test_postgres_outage_pauses_then_recovers_without_loss(
                 "max_batch_size": 4, "artificial_delay_s": 0.05, "exit_when_idle_s": 5.0,
                 "retry_backoff_max_s": 2.0})
     try:
-        wait_for(lambda: count_rows("audit_results") >= 20, 120, "the first rows")
+        wait_for(lambda: verdict_rows() >= 20, 120, "the first rows")
         supervisor.down(only=("postgres",))
         time.sleep(10)
     finally:
         supervisor.up(only=("postgres",))
     assert wp.wait(timeout=240) == 0, wp.log()[-3000:]
     assert "postgres unavailable" in wp.log()
-    assert count_rows("audit_results") == 200
-    dupes = rows(clean_db, "SELECT event_id FROM audit_results GROUP BY 1 HAVING count(*) > 1")
+    assert verdict_rows() == 200
+    dupes = rows(clean_db, "SELECT event_id FROM audit_results WHERE topic = :t GROUP BY 1 "
+                         "HAVING count(*) > 1", t=worker_settings.kafka.topic)
     assert dupes == []
 
 
 def test_two_workers_one_killed_the_other_finishes_every_partition(
         worker_settings: Settings, sample_dir: Path, clean_db: Engine,
-        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        worker_process_factory: Callable[..., Any], verdict_rows: Callable[[], int],
         wait_for: Callable[..., None]) -> None:
     publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
     env = {"kafka": {"topic": worker_settings.kafka.topic,
@@ -157,17 +169,18 @@ def test_two_workers_one_killed_the_other_finishes_every_partition(
                       "exit_when_idle_s": 15.0}}
     survivor = worker_process_factory("survivor", **env)
     victim = worker_process_factory("victim", **env)
-    wait_for(lambda: count_rows("audit_results") >= 40, 120, "both workers writing")
+    wait_for(lambda: verdict_rows() >= 40, 120, "both workers writing")
     os.kill(victim.proc.pid, signal.SIGKILL)
     assert survivor.wait(timeout=300) == 0, survivor.log()[-3000:]
-    assert count_rows("audit_results") == 350
-    dupes = rows(clean_db, "SELECT event_id FROM audit_results GROUP BY 1 HAVING count(*) > 1")
+    assert verdict_rows() == 350
+    dupes = rows(clean_db, "SELECT event_id FROM audit_results WHERE topic = :t GROUP BY 1 "
+                         "HAVING count(*) > 1", t=worker_settings.kafka.topic)
     assert dupes == []
 
 
 def test_sigterm_drains_and_exits_zero(
         worker_settings: Settings, sample_dir: Path, clean_db: Engine,
-        worker_process_factory: Callable[..., Any], count_rows: Callable[..., int],
+        worker_process_factory: Callable[..., Any], verdict_rows: Callable[[], int],
         wait_for: Callable[..., None]) -> None:
     publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic, count=150)
     wp = worker_process_factory(
@@ -175,11 +188,11 @@ def test_sigterm_drains_and_exits_zero(
         kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id},
         worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
                 "max_batch_size": 4, "artificial_delay_s": 0.1})
-    wait_for(lambda: count_rows("audit_results") >= 20, 120, "the first rows")
+    wait_for(lambda: verdict_rows() >= 20, 120, "the first rows")
     wp.proc.send_signal(signal.SIGTERM)
     assert wp.wait(timeout=60) == 0, wp.log()[-3000:]
-    written = count_rows("audit_results")
+    written = verdict_rows()
     # Everything written was committed: a fresh member of the group starts after it.
     rest = Worker(worker_settings).run()
     assert rest.events == 150 - written
-    assert count_rows("audit_results") == 150
+    assert verdict_rows() == 150
