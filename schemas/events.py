@@ -203,6 +203,10 @@ def _parse_json_object(raw: bytes) -> dict[str, Any]:
         obj = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise EventError(ErrorKind.INVALID_JSON, f"message is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # e.g. b"[" * 100_000: a few hundred KB under the size limit, and json would crash the
+        # worker's loop (it catches EventError only) on every restart: a poison pill.
+        raise EventError(ErrorKind.INVALID_JSON, "message is JSON nested too deeply") from exc
     if not isinstance(obj, dict):
         raise EventError(ErrorKind.INVALID_JSON,
                          f"message is JSON {type(obj).__name__}, not an object")
@@ -222,7 +226,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem, naming the field and the offending value."""
     parts = []
     for err in exc.errors(include_url=False):
-        value = repr(err.get("input"))
+        try:
+            value = repr(err.get("input"))
+        except RecursionError:  # a deeply nested (but parseable) value
+            value = "<nested too deeply to show>"
         if len(value) > 120:
             value = value[:117] + "..."
         msg = err["msg"]

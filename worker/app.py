@@ -72,6 +72,7 @@ class Worker:
         self._paused = False
         self._last_activity = time.monotonic()
         self._ready = False
+        self._revoked_state: dict[TopicPartitionKey, object] = {}
         self._dlq: EventProducer | None = None
 
     # ---- public ---------------------------------------------------------------------
@@ -333,11 +334,17 @@ class Worker:
         log.info("partitions revoked: %s; committing %s, %d events still in flight",
                  ", ".join(map(str, revoked)), {str(k): v for k, v in offsets.items()},
                  self.tracker.in_flight())
-        self.tracker.forget(revoked)
+        # kafka-python (EAGER) keeps a partition's fetch position when the rebalance hands it
+        # back to us: its in-flight offsets must then stay pending, or later commits would
+        # pass records that were never written (lost if we crash before they are).
+        self._revoked_state = self.tracker.detach(revoked)
         return offsets
 
     def _on_assign(self, assigned: list[TopicPartitionKey]) -> None:
         log.info("partitions assigned: %s", ", ".join(map(str, assigned)) or "none")
+        kept = {tp: st for tp, st in self._revoked_state.items() if tp in assigned}
+        self._revoked_state = {}
+        self.tracker.reattach(kept)
         self._last_activity = time.monotonic()
 
     def _shutdown(self) -> None:

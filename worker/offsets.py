@@ -64,6 +64,17 @@ class OffsetTracker:
             if tp in self._parts:
                 self._parts[tp].committed = position
 
+    def detach(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, object]:
+        """Remove and return the state of revoked partitions (see :meth:`reattach`)."""
+        return {tp: self._parts.pop(tp) for tp in partitions if tp in self._parts}
+
+    def reattach(self, states: dict[TopicPartitionKey, object]) -> None:
+        """Give back the state of partitions a rebalance handed back to this member: the
+        consumer keeps their fetch position, so their in-flight offsets must stay pending."""
+        for tp, state in states.items():
+            assert isinstance(state, _PartitionState)
+            self._parts[tp] = state
+
     def forget(self, partitions: list[TopicPartitionKey]) -> None:
         """Drop state of revoked partitions."""
         for tp in partitions:

@@ -46,8 +46,15 @@ def dead_letter_record(*, topic: str, partition: int, offset: int, key: bytes | 
     body = payload or b""
     return DeadLetterRecord(
         topic=topic, partition=partition, offset=offset,
-        key=key.decode("utf-8", "replace") if key is not None else None,
+        key=_pg_text(key.decode("utf-8", "replace")) if key is not None else None,
         event_id=event_id, payload=body[:DEAD_LETTER_PAYLOAD_BYTES],
         payload_truncated=len(body) > DEAD_LETTER_PAYLOAD_BYTES,
-        error_kind=error.kind, message=str(error)[:2000],
+        error_kind=error.kind, message=_pg_text(str(error))[:2000],
     )
+
+
+def _pg_text(value: str) -> str:
+    """Postgres text cannot hold NUL: psycopg2 raises ValueError for the whole batch, which
+    stopped the worker on the same record after every restart (a Kafka key is attacker-chosen
+    bytes). Keep it visible, escaped."""
+    return value.replace("\x00", "\\x00")

@@ -38,3 +38,21 @@ def test_partitions_are_independent_and_forgettable() -> None:
     tr.finished(TP, 5)  # late finish of a revoked partition is ignored
     assert tr.committable() == {TP1: 8}
     assert tr.in_flight() == 0
+
+
+def test_a_partition_handed_back_keeps_its_in_flight_offsets() -> None:
+    """A rebalance that hands a partition back to the same member keeps the consumer's fetch
+    position, so its in-flight offsets must stay pending (found by tests/reliability)."""
+    tr = OffsetTracker()
+    for off in (0, 1, 2):
+        tr.started(TP, off)
+    tr.started(TP1, 0)
+    detached = tr.detach([TP, TP1])
+    assert tr.in_flight() == 0
+    tr.reattach({tp: st for tp, st in detached.items() if tp == TP})  # TP1 went elsewhere
+    tr.started(TP, 3)  # fetching continues after the kept position
+    tr.finished(TP, 3)
+    assert tr.committable() == {TP: 0}
+    for off in (0, 1, 2):
+        tr.finished(TP, off)
+    assert tr.committable() == {TP: 4}

@@ -78,6 +78,10 @@ class EventSource:
             heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
             max_partition_fetch_bytes=max(self.cfg.max_message_bytes * 2, 1_048_576),
         )
+        # Learn the topic's partitions before the first join. Otherwise the group leader can
+        # assign from metadata that lacks the topic ("No partition metadata for topic") and
+        # kafka-python 3.0.12 then never rejoins: the member idled with no partitions.
+        self._consumer.partitions_for_topic(self.cfg.topic)
         self._consumer.subscribe(topics=[self.cfg.topic], listener=_Listener(self))
         return self
 

@@ -1,0 +1,191 @@
+"""The reliability suite's report: one row per scenario, rendered as Markdown, plus the soak plot.
+
+Pure apart from the two ``write_*`` functions. The suite (``tests/reliability``) collects a
+:class:`ScenarioRow` per scenario during the session and writes ``reliability/report.md`` once,
+at the end; ``make reliability`` (or ``make test``) regenerates it, and the latest result is
+checked in next to this file.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPORT_PATH = HERE / "report.md"
+SOAK_PLOT_PATH = HERE / "soak.png"
+
+
+# Bugs this suite found in the worker, and what was changed (kept with the report because the
+# scenarios above are their regression tests).
+FINDINGS = (
+    "**Poison pill: a NUL byte in a Kafka key stopped the worker for good.** A bad record's key "
+    "is stored in `dead_letters.key` (text); Postgres text cannot hold NUL, psycopg2 raised "
+    "`ValueError` for the whole batch, it escaped the worker loop (only `SinkUnavailable` is "
+    "retried) and the worker exited non-zero with the batch unwritten and uncommitted, so a "
+    "restarted worker met the same record and died again. Fix (`worker/outcomes.py`): NUL in "
+    "the stored key and message is escaped as `\\x00` (the payload is bytea and kept as "
+    "is). Regression: corpus case *NUL byte in the Kafka key*, and "
+    "`tests/worker/test_security.py::test_nul_in_an_attacker_chosen_key_cannot_stop_the_worker`.",
+    "**Poison pill: deeply nested JSON crashed the decoder.** `b\"[\" * 100_000` (200 KB, under "
+    "the 1 MiB limit) made `json.loads` raise `RecursionError`, which is not an `EventError`: "
+    "the worker's loop would die on it at every restart. Fix (`schemas/events.py`): "
+    "`RecursionError` while parsing is `invalid_json`, and the validation-error text no longer "
+    "`repr`s a too-deep value. Regression: `tests/schemas/test_event_fuzz.py::"
+    "test_deeply_nested_json`.",
+    "**Lost events after a rebalance that hands a partition back to its owner.** kafka-python "
+    "3.0.12 (EAGER) keeps a partition's fetch position when the new assignment returns it to "
+    "the same member, but `Worker._on_revoke` made the offset tracker forget that partition's "
+    "in-flight offsets; later commits then started from the next fetched offset and passed "
+    "records still in flight. A crash in that window lost them: in the 3-worker scenario the "
+    "group's committed offset for partition 0 was 49 while offsets 0 and 1 had no row. Fix "
+    "(`worker/app.py`, `worker/offsets.py`): revoked partitions' tracker state is detached and "
+    "re-attached if the partition comes back (dropped otherwise). Regression: the 3-worker "
+    "scenario and its offset watcher, and `tests/worker/test_offsets.py::"
+    "test_a_partition_handed_back_keeps_its_in_flight_offsets`.",
+    "**A worker could sit with no partitions.** The first join often ran before the "
+    "consumer had the topic's metadata (\"No partition metadata for topic\"), so the leader "
+    "assigned nothing; usually a rejoin followed within 0.2 s, but once (the soak) it never did "
+    "and the worker idled with lag. Fix (`worker/io/kafka_source.py`): fetch the topic's "
+    "partitions before `subscribe`.",
+)
+
+# Behaviour worth knowing that the suite measured but did not change.
+OBSERVATIONS = (
+    "The SIGTERM drain (`Worker._drain`) does not call `poll()`: a drain longer than "
+    "max.poll.interval.ms (a slow model with a full pipeline) lets kafka-python's heartbeat "
+    "thread leave the group, the final commit may fail and the next owner re-processes those "
+    "records (idempotent: duplicated work, no duplicate rows, no loss).",
+    "With `exit_when_idle_s` set (demo/tests only), `Worker._idle_long_enough` treats a failed "
+    "lag query (broker down) as \"no partitions\" and may stop after 3× the idle time during a "
+    "broker outage; the fault scenarios stop workers with SIGTERM instead.",
+    "`audit_results` is unique per (event id, model version) and event ids derive from (bin, "
+    "capture time): the same event published to a second topic is absorbed as a replay. The "
+    "suite gives every publish its own capture times.",
+    "moto keeps objects in memory; see the S3 scenario for how its restart is made an outage.",
+)
+
+
+@dataclass
+class ScenarioRow:
+    """What one scenario sent, what it found in Postgres, and how the worker got through it."""
+
+    name: str
+    sent: int  # records published (good + bad)
+    good: int  # of which valid events (each must end as exactly one audit_results row)
+    rows: int  # audit_results rows found for those events
+    lost: int  # good events without a row
+    duplicated: int  # rows beyond one per event, plus offsets with both a verdict and a DLQ row
+    dead_letters: int
+    recovery_s: float | None  # fault end -> next row written (the slowest fault of the scenario)
+    recovered_by: str
+    passed: bool = True
+    notes: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RssSample:
+    t: float  # seconds since the start of the run
+    rss_mb: float
+    rows: int  # rows written so far (throughput = its derivative)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_markdown(rows: Sequence[ScenarioRow], *, duration_s: float,
+                    definitions: Sequence[str] = (), findings: Sequence[str] = FINDINGS) -> str:
+    """The report: a summary table, then each scenario's notes."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = [
+        "# binaudit reliability report",
+        "",
+        f"Generated {now} by `make reliability` (`pytest -m reliability tests/reliability`) in "
+        f"{duration_s:.0f} s on {platform.machine()} / Python {platform.python_version()}, "
+        "against a dedicated Kafka/Postgres/moto stack (never the shared one).",
+        "",
+        "| scenario | sent | good | rows | lost | duplicated | dead letters | recovery s "
+        "| recovered by | result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.sent} | {r.good} | {r.rows} | {r.lost} | {r.duplicated} | "
+            f"{r.dead_letters} | {_fmt(r.recovery_s)} | {r.recovered_by} | "
+            f"{'pass' if r.passed else '**FAIL**'} |")
+    if definitions:
+        lines += ["", "## Definitions", ""] + [f"- {d}" for d in definitions]
+    if findings:
+        lines += ["", "## Bugs found and fixed", ""] + [f"{i}. {f}" for i, f in
+                                                         enumerate(findings, 1)]
+    lines += ["", "## Observations (not changed)", ""] + [f"- {o}" for o in OBSERVATIONS]
+    lines += ["", "## Scenario notes", ""]
+    for r in rows:
+        lines.append(f"### {r.name}")
+        lines.append("")
+        if r.notes:
+            lines.append(r.notes)
+            lines.append("")
+        for key, value in r.extra.items():
+            lines.append(f"- {key}: {value}")
+        if r.extra:
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(rows: Sequence[ScenarioRow], *, duration_s: float,
+                 definitions: Sequence[str] = (), path: Path = REPORT_PATH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(rows, duration_s=duration_s, definitions=definitions))
+    return path
+
+
+def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ys over xs (0 for fewer than two points)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def throughput(samples: Sequence[RssSample]) -> list[tuple[float, float]]:
+    """(time, rows/s) between consecutive samples."""
+    out = []
+    for a, b in zip(samples, samples[1:], strict=False):
+        if b.t > a.t:
+            out.append((b.t, (b.rows - a.rows) / (b.t - a.t)))
+    return out
+
+
+def write_soak_plot(samples: Sequence[RssSample], *, title: str,
+                    path: Path = SOAK_PLOT_PATH) -> Path:
+    """Throughput and worker RSS over time, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = throughput(samples)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot([t for t, _ in rate], [r for _, r in rate], color="tab:blue")
+    top.set_ylabel("rows written / s")
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    bottom.plot([s.t for s in samples], [s.rss_mb for s in samples], color="tab:red")
+    bottom.set_ylabel("worker RSS (MB)")
+    bottom.set_xlabel("seconds since the worker started")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
