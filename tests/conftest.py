@@ -252,3 +252,34 @@ def count_rows(db_engine: Engine) -> Callable[..., int]:
                                     equals).scalar_one())
 
     return count
+
+
+@pytest.fixture(scope="session")
+def fresh_database(services: Settings) -> Callable[..., Any]:
+    """``with fresh_database("prefix", migrate=True) as settings:`` — a throwaway database on
+    the shared server (its own schema state, invisible to ``clean_db``), dropped afterwards."""
+    from contextlib import contextmanager
+
+    from pydantic import SecretStr
+    from sqlalchemy.engine import make_url
+
+    @contextmanager
+    def make(prefix: str, *, migrate: bool = True) -> Iterator[Settings]:
+        server = make_url(services.db.url.get_secret_value())
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = server.set(database=name).render_as_string(hide_password=False)
+        settings = services.model_copy(update={"db": services.db.model_copy(
+            update={"url": SecretStr(url)})})
+        try:
+            if migrate:
+                upgrade(settings, "head")
+            yield settings
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+    return make

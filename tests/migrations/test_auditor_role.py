@@ -8,13 +8,12 @@ databases that still use it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from binaudit.settings import Settings
@@ -28,22 +27,9 @@ VIEWS = ("mismatches", "verdicts")
 
 
 @pytest.fixture(scope="module")
-def role_settings(services: Settings) -> Iterator[Settings]:
-    server_url = make_url(services.db.url.get_secret_value())
-    name = f"binaudit_role_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = services.db.model_copy(update={
-        "url": SecretStr(server_url.set(database=name).render_as_string(hide_password=False))})
-    try:
-        settings = services.model_copy(update={"db": db})
-        upgrade(settings, "head")
+def role_settings(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
+    with fresh_database("binaudit_role") as settings:
         yield settings
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

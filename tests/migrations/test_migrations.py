@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from pydantic import SecretStr
-from sqlalchemy import Engine, create_engine, func, inspect, select, text
+from sqlalchemy import Engine, create_engine, func, inspect, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import make_url
 
 from binaudit.settings import Settings
 from migrations.runner import downgrade, upgrade
@@ -22,21 +21,10 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")
-def migr_settings(services: Settings) -> Iterator[Settings]:
-    """Settings whose db.url names a fresh ``binaudit_migr_<uuid>`` database (dropped after)."""
-    server_url = make_url(services.db.url.get_secret_value())
-    name = f"binaudit_migr_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = services.db.model_copy(update={
-        "url": SecretStr(server_url.set(database=name).render_as_string(hide_password=False))})
-    try:
-        yield services.model_copy(update={"db": db})
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def migr_settings(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
+    """Settings whose db.url names a fresh, empty ``binaudit_migr_<uuid>`` database."""
+    with fresh_database("binaudit_migr", migrate=False) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -17,14 +17,11 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
-from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from binaudit.cli import app
 from binaudit.settings import Settings
-from migrations.runner import upgrade
 from worker.app import Worker
 from worker.publisher import EventPlan, PublishOptions, publish
 from worker.replay import Replay, ReplayOptions
@@ -149,23 +146,10 @@ FROM_I, TO_I = 20, 50  # the replayed window, in event indexes (one event a minu
 
 
 @pytest.fixture(scope="module")
-def own_db(services: Settings) -> Iterator[Settings]:
+def own_db(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
     """Settings whose database is a fresh one of this module, migrated to head."""
-    server = make_url(services.db.url.get_secret_value())
-    name = f"binaudit_replay_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    settings = services.model_copy(update={"db": services.db.model_copy(
-        update={"url": SecretStr(url)})})
-    try:
-        upgrade(settings, "head")
+    with fresh_database("binaudit_replay") as settings:
         yield settings
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
