@@ -58,6 +58,18 @@ class KafkaSettings(BaseModel):
                 kwargs[key] = str(value)
         return kwargs
 
+    def consumer_kwargs(self, **overrides: object) -> dict[str, object]:
+        """KafkaConsumer options shared by the worker and replay: offsets are committed by
+        hand (or never), reading starts at the earliest record, and a fetch always fits the
+        largest message we accept."""
+        return {
+            **self.client_kwargs(),
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": max(self.max_message_bytes * 2, 1_048_576),
+            **overrides,
+        }
+
 
 class S3Settings(BaseModel):
     model_config = _FROZEN

@@ -290,19 +290,14 @@ def quickstart_cmd(
 @model_app.command("register")
 def register_cmd(ctx: typer.Context, path: Path) -> None:
     """Record the artifact at PATH in the model_versions table (idempotent)."""
-    from sqlalchemy import create_engine
-
     from binaudit.cli import settings_of
+    from binaudit.db import open_engine
     from trainer.model import ArtifactError
     from trainer.registry import register_artifact
 
-    settings = settings_of(ctx)
-    engine = create_engine(settings.db.url.get_secret_value(),
-                           connect_args=settings.db.connect_args())
     try:
-        version, inserted = register_artifact(engine, path)
+        with open_engine(settings_of(ctx).db) as engine:
+            version, inserted = register_artifact(engine, path)
     except ArtifactError as exc:
         raise _fail(str(exc)) from exc
-    finally:
-        engine.dispose()
     console.print(f"{version}: {'registered' if inserted else 'already registered'}")

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import Engine, create_engine
 from typer.core import TyperGroup
 
+from binaudit.db import open_engine
 from binaudit.settings import Settings
 from worker.audit import (
     MISMATCH_COLUMNS,
@@ -66,11 +66,6 @@ def _settings(ctx: typer.Context) -> Settings:
     from binaudit.cli import settings_of
 
     return settings_of(ctx)
-
-
-def _engine(settings: Settings) -> Engine:
-    return create_engine(settings.db.url.get_secret_value(),
-                         connect_args=settings.db.connect_args())
 
 
 def _fail(message: str) -> typer.Exit:
@@ -142,12 +137,8 @@ def mismatches_command(
         filters.clauses()  # validates the vocabularies before connecting
     except (AuditError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    engine = _engine(settings)
-    try:
-        with engine.connect() as conn:
-            rows = list_mismatches(conn=conn, filters=filters, page=paging)
-    finally:
-        engine.dispose()
+    with open_engine(settings.db) as engine, engine.connect() as conn:
+        rows = list_mismatches(conn=conn, filters=filters, page=paging)
     _render(rows, output, limit)
 
 
@@ -163,15 +154,12 @@ def review_command(
     """Record a review: who, when (UTC), the decision and the true count."""
     decision = ReviewDecision(state=status.value, reviewer=reviewer or getpass.getuser(),
                               at=datetime.now(UTC), note=note, count=count)
-    engine = _engine(_settings(ctx))
     try:
-        with engine.begin() as conn:
+        with open_engine(_settings(ctx).db) as engine, engine.begin() as conn:
             before, after = record_review(conn=conn, discrepancy_id=discrepancy_id,
                                           decision=decision)
     except AuditError as exc:
         raise _fail(str(exc)) from exc
-    finally:
-        engine.dispose()
     typer.echo(f"discrepancy {discrepancy_id} (bin {after['bin_id']}): "
                f"{before['review_state']} -> {after['review_state']} by {after['reviewer']} at "
                f"{after['reviewed_at'].isoformat()}; true count {after['reviewed_quantity']}")
@@ -188,13 +176,9 @@ def export_command(
 ) -> None:
     """Reviewed discrepancies → a manifest `binaudit train prepare --labels` accepts."""
     settings = _settings(ctx)
-    engine = _engine(settings)
-    try:
-        with engine.connect() as conn:
-            report = export_reviewed(settings, conn=conn, out=out, images_dir=images_dir,
-                                     download=download)
-    finally:
-        engine.dispose()
+    with open_engine(settings.db) as engine, engine.connect() as conn:
+        report = export_reviewed(settings, conn=conn, out=out, images_dir=images_dir,
+                                 download=download)
     typer.echo(f"exported {report.rows} reviewed images to {out}"
                + (f" ({len(report.failed)} images unavailable)" if report.failed else ""))
     typer.echo(f"next: binaudit train prepare --labels {out} --source-dir {out.parent}")

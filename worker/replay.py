@@ -26,10 +26,11 @@ from typing import Annotated, Any
 
 import typer
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import Engine, create_engine, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from tqdm import tqdm
 
+from binaudit.db import open_engine
 from binaudit.settings import KafkaSettings, Settings
 from schemas.events import BinEvent, decode_event
 from schemas.records import ErrorKind, EventError
@@ -91,11 +92,9 @@ class ReplaySource:
         self._remaining: set[TopicPartition] = set()
 
     def __enter__(self) -> ReplaySource:
-        self._consumer = KafkaConsumer(
-            **self.cfg.client_kwargs(), group_id=None, client_id=f"{self.cfg.client_id}-replay",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            allow_auto_create_topics=False,
-            max_partition_fetch_bytes=max(self.cfg.max_message_bytes * 2, 1_048_576))
+        self._consumer = KafkaConsumer(**self.cfg.consumer_kwargs(
+            group_id=None, client_id=f"{self.cfg.client_id}-replay",
+            allow_auto_create_topics=False))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -236,9 +235,7 @@ class Replay:
         cfg = self.settings.worker
         counter = self._counter or Counter.from_artifact(self.options.model_path, cfg.device)
         with ExitStack() as stack:
-            engine = create_engine(self.settings.db.url.get_secret_value(), pool_pre_ping=True,
-                                   connect_args=self.settings.db.connect_args())
-            stack.callback(engine.dispose)
+            engine = stack.enter_context(open_engine(self.settings.db, pool_pre_ping=True))
             source = stack.enter_context(ReplaySource(self.settings.kafka, self.options.topic))
             bounds = source.resolve(self.options.window)
             run_id = self.options.run_id or derive_run_id(counter.version, self.options.topic,
@@ -394,10 +391,6 @@ def replay_command(
     if report is not None:
         from worker.replay_report import report_for_run
 
-        engine = create_engine(settings.db.url.get_secret_value(),
-                               connect_args=settings.db.connect_args())
-        try:
+        with open_engine(settings.db) as engine:
             paths = report_for_run(engine, summary.run_id, report, compare_to=compare_to)
-        finally:
-            engine.dispose()
         console.print("report: " + ", ".join(str(p) for p in paths))

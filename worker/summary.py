@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from binaudit.cli import settings_of
+from binaudit.db import open_engine
 from trainer.metrics import counting_metrics
 
 console = Console()
@@ -111,10 +112,5 @@ def summary(
     model_version: Annotated[str | None, typer.Option(help="Only this model version")] = None,
 ) -> None:
     """Summarise verdicts for a topic: statuses, accuracy and RMSE, first mismatches."""
-    settings = settings_of(ctx)
-    engine = create_engine(settings.db.url.get_secret_value(),
-                           connect_args=settings.db.connect_args())
-    try:
+    with open_engine(settings_of(ctx).db) as engine:
         render(load_summary(engine, topic, model_version))
-    finally:
-        engine.dispose()

@@ -21,10 +21,11 @@ import pytest
 from kafka import KafkaProducer
 from pydantic import SecretStr
 
+from binaudit import db as binaudit_db
 from binaudit.services import LocalServices
 from binaudit.settings import DatabaseSettings, KafkaSettings, S3Settings, Settings
 from worker.app import Worker
-from worker.io import kafka_source, pg_sink, producer, s3
+from worker.io import kafka_source, producer, s3
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
 from worker.publisher import EventPlan, PublishOptions, publish
 
@@ -196,7 +197,7 @@ def test_postgres_tls_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> Non
         return _Recorder()
 
     _Recorder.calls = []
-    monkeypatch.setattr(pg_sink, "create_engine", fake_engine)
+    monkeypatch.setattr(binaudit_db, "create_engine", fake_engine)
     cfg = DatabaseSettings(url=SecretStr("postgresql+psycopg2://app:pw@db:5432/x"),
                            sslmode="verify-full", sslrootcert=Path("/etc/binaudit/root.crt"))
     with ResultSink(cfg):

@@ -67,17 +67,13 @@ class EventSource:
         self._consumer: KafkaConsumer | None = None
 
     def __enter__(self) -> EventSource:
-        self._consumer = KafkaConsumer(
-            **self.cfg.client_kwargs(),
+        self._consumer = KafkaConsumer(**self.cfg.consumer_kwargs(
             group_id=self.cfg.group_id,
             client_id=self.cfg.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_interval_ms=self.cfg.max_poll_interval_ms,
             session_timeout_ms=self.cfg.session_timeout_ms,
             heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
-            max_partition_fetch_bytes=max(self.cfg.max_message_bytes * 2, 1_048_576),
-        )
+        ))
         # Learn the topic's partitions before the first join. Otherwise the group leader can
         # assign from metadata that lacks the topic ("No partition metadata for topic") and
         # kafka-python 3.0.12 then never rejoins: the member idled with no partitions.
