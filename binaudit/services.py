@@ -17,6 +17,7 @@ and every failure names that file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pwd
@@ -341,19 +342,24 @@ class LocalServices:
 
     # ---- kafka ----------------------------------------------------------------------
     def resolve_kafka_jars(self) -> Path:
-        """Download the broker's jars with Maven once; later calls reuse the cache folder."""
+        """Download the broker's jars with Maven once per version of the pom; later calls
+        reuse the cache folder."""
         jars = self.cfg.kafka_jars
-        if jars.exists() and any(jars.glob("kafka_2.13-*.jar")):
+        stamp = jars / ".pom.sha256"
+        digest = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
+        if stamp.exists() and stamp.read_text() == digest and any(jars.glob("kafka_2.13-*.jar")):
             return jars
         mvn = shutil.which("mvn")
         if mvn is None:
             raise ServiceError("mvn not found: install maven (and Java 17) to resolve Kafka")
+        shutil.rmtree(jars, ignore_errors=True)  # a changed pom: no stale jars on the classpath
         jars.mkdir(parents=True, exist_ok=True)
         log.info("resolving Kafka jars from Maven Central into %s", jars)
         self.root.mkdir(parents=True, exist_ok=True)
         self._run("kafka", "mvn dependency:copy-dependencies", [
             mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
             f"-DoutputDirectory={jars}", "-DincludeScope=runtime"])
+        stamp.write_text(digest)
         return jars
 
     def _kafka_config(self) -> Path:
@@ -398,7 +404,10 @@ log.retention.ms=-1
                          "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
                          "appender.stdout.layout.type=PatternLayout\n"
                          "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
-                         "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n")
+                         "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
+                         # joins, rebalances and member expiry: what a stuck group needs
+                         "logger.groups.name=org.apache.kafka.coordinator.group\n"
+                         "logger.groups.level=INFO\n")
         jvm = [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
         if not (self.root / "kafka-data" / "meta.properties").exists():

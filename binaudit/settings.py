@@ -2,7 +2,7 @@
 
 Built once in the CLI entry point (``Settings()``) and passed down; nothing below the entry
 point reads ``os.environ``. Environment variables use the prefix ``BINAUDIT_`` and ``__`` for
-nesting, e.g. ``BINAUDIT_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:59092``. A ``.env`` file in the
+nesting, e.g. ``BINAUDIT_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:19092``. A ``.env`` file in the
 working directory is read too.
 """
 
@@ -20,7 +20,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 class KafkaSettings(BaseModel):
     model_config = _FROZEN
 
-    bootstrap_servers: str = "127.0.0.1:59092"
+    bootstrap_servers: str = "127.0.0.1:19092"
     topic: str = "bin-events"
     group_id: str = "binaudit-worker"
     dlq_topic: str | None = None
@@ -74,7 +74,7 @@ class KafkaSettings(BaseModel):
 class S3Settings(BaseModel):
     model_config = _FROZEN
 
-    endpoint_url: str | None = "http://127.0.0.1:55000"
+    endpoint_url: str | None = "http://127.0.0.1:15000"
     region: str = "us-east-1"
     access_key_id: SecretStr = SecretStr("testing")
     secret_access_key: SecretStr = SecretStr("testing")
@@ -108,7 +108,7 @@ class DatabaseSettings(BaseModel):
     model_config = _FROZEN
 
     # A URL may carry a password, so it is a secret: never logged.
-    url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:55432/binaudit")
+    url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:15432/binaudit")
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
         None
     )
@@ -175,10 +175,12 @@ class ServicesSettings(BaseModel):
     model_config = _FROZEN
 
     root: Path = Path(".services")
-    kafka_port: int = 59092
-    kafka_controller_port: int = 59093
-    postgres_port: int = 55432
-    s3_port: int = 55000
+    # Below Linux's ephemeral range (32768-60999): a port in it can be taken at any moment as
+    # the source port of some client connection, and then the server cannot bind it.
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    postgres_port: int = 15432
+    s3_port: int = 15000
     kafka_jars: Path = Path.home() / ".cache" / "binaudit" / "kafka-jars"
 
 

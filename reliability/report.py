@@ -46,6 +46,48 @@ FINDINGS = (
     "re-attached if the partition comes back (dropped otherwise). Regression: the 3-worker "
     "scenario and its offset watcher, and `tests/worker/test_offsets.py::"
     "test_a_partition_handed_back_keeps_its_in_flight_offsets`.",
+    "**A survivor stalled paused after a rebalance (frozen in-flight count).** When a member "
+    "dies, the survivors' rejoin waits out its session timeout (seconds). During that join the "
+    "pipeline kept finishing records of the revoked partitions, but the tracker had detached "
+    "those partitions and dropped the finishes; when the partitions came back, their offsets "
+    "stayed \"in flight\" for ever, the worker sat paused at `max_in_flight` and stopped "
+    "consuming (1 in 12 runs of the group scenario). Fix (`worker/offsets.py`): finishes of "
+    "detached partitions update the detached state; `in_flight()` counts them. Regression: "
+    "`tests/worker/test_offsets.py::"
+    "test_records_finishing_during_a_rebalance_count_when_the_partition_comes_back` and the "
+    "group scenarios.",
+    "**A group member idled for good after its first join (kafka-python 3.0.12 bug).** "
+    "The leader rejoins when topic metadata arrives after its first assignment; its own new "
+    "assignment makes `need_rejoin()` False while the JoinGroup/SyncGroup is still in flight, "
+    "and when the poll that started it had timed out, no later poll awaited it: the new "
+    "assignment was never applied and every partition stayed revoked (the corpus worker sat "
+    "at \"0 taken, lag 40\"; 1 first join in ~30 in a loop, and the soak once in an earlier "
+    "session). Fix (`worker/io/kafka_source.py::finish_forgotten_rebalance`): before each poll, "
+    "a rebalance that is under way but no longer wanted by `need_rejoin()` is requested again, "
+    "so the poll finishes it; 0 stuck in 60 looped first joins, the work-around stepped in 4 "
+    "times. Regression: `tests/worker/io/test_kafka_source.py` (plain consumer stuck, "
+    "work-around resumes).",
+    "**A partition stalled for good after pause/resume (kafka-python 3.0.12 bug).** The "
+    "fetcher parks parsed records of a partition paused mid-batch and only gives them back "
+    "when its \"next records\" slot is `None`, which it never is again after the first fetch: "
+    "the resumed partition was neither returned nor fetched, and a survivor sat at "
+    "\"0 in flight, lag 1\" until the test timed out (about 1 full run in 5). Fix "
+    "(`worker/io/kafka_source.py::release_parked_records`): before each poll, drop records "
+    "parked for a partition that is no longer paused; the position never passed them, so the "
+    "next fetch re-reads them. Regression: `tests/worker/io/test_kafka_source.py` (shows the "
+    "plain consumer stalling, and the work-around delivering every record).",
+    "**A long SIGTERM drain lost its final commits.** The drain did not poll, so a drain longer "
+    "than max.poll.interval.ms (slow model, full pipeline) let kafka-python leave the group and "
+    "every commit after it failed (`CommitFailedError`): the next owner re-processed the "
+    "drained events. Fix (`Worker._drain`, `EventSource.keep_alive`): the drain polls with all "
+    "partitions paused. Regression: `tests/worker/test_worker_e2e.py::"
+    "test_a_drain_longer_than_max_poll_interval_still_commits`.",
+    "**An idle-exit worker stopped in the middle of a broker outage.** With `exit_when_idle_s` "
+    "(demo, tests) a lag query that timed out read as \"no partitions\", and 3x the idle time "
+    "later the worker exited although the topic was not drained. Fix (`EventSource.lag` returns "
+    "None when the broker cannot answer, bounded to 2 s; a lost assignment restarts the idle "
+    "clock). Commits are bounded to 5 s and backed off after a failure, so rows keep being "
+    "written during the outage. Regression: `test_idle_exit_waits_out_a_broker_outage`.",
     "**A worker could sit with no partitions.** The first join often ran before the "
     "consumer had the topic's metadata (\"No partition metadata for topic\"), so the leader "
     "assigned nothing; usually a rejoin followed within 0.2 s, but once (the soak) it never did "
@@ -55,13 +97,6 @@ FINDINGS = (
 
 # Behaviour worth knowing that the suite measured but did not change.
 OBSERVATIONS = (
-    "The SIGTERM drain (`Worker._drain`) does not call `poll()`: a drain longer than "
-    "max.poll.interval.ms (a slow model with a full pipeline) lets kafka-python's heartbeat "
-    "thread leave the group, the final commit may fail and the next owner re-processes those "
-    "records (idempotent: duplicated work, no duplicate rows, no loss).",
-    "With `exit_when_idle_s` set (demo/tests only), `Worker._idle_long_enough` treats a failed "
-    "lag query (broker down) as \"no partitions\" and may stop after 3× the idle time during a "
-    "broker outage; the fault scenarios stop workers with SIGTERM instead.",
     "`audit_results` is unique per (event id, model version) and event ids derive from (bin, "
     "capture time): the same event published to a second topic is absorbed as a replay. The "
     "suite gives every publish its own capture times.",

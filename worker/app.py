@@ -68,11 +68,11 @@ class Worker:
         self._stop = threading.Event()
         self._sink_failed = False
         self._sink_retry_at = 0.0
+        self._commit_retry_at = 0.0
         self._backoff = self.cfg.retry_backoff_initial_s
         self._paused = False
         self._last_activity = time.monotonic()
         self._ready = False
-        self._revoked_state: dict[TopicPartitionKey, object] = {}
         self._dlq: EventProducer | None = None
 
     # ---- public ---------------------------------------------------------------------
@@ -293,9 +293,16 @@ class Worker:
 
     def _commit(self) -> None:
         offsets = self.tracker.committable()
-        if offsets and self.source.commit(offsets):
+        if not offsets or time.monotonic() < self._commit_retry_at:
+            return
+        if self.source.commit(offsets):
             self.tracker.mark_committed(offsets)
             self.metrics.commits.inc()
+            self._commit_retry_at = 0.0
+        else:
+            # Broker down or group rebalancing: rows keep being written meanwhile, and a later
+            # commit covers these offsets too.
+            self._commit_retry_at = time.monotonic() + self.cfg.retry_backoff_initial_s
 
     def _next_backoff(self) -> float:
         delay = self._backoff
@@ -308,8 +315,11 @@ class Worker:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             drained = self.pipeline.drain(timeout=max(0.1, min(1.0, end - time.monotonic())))
+            # A slow model can drain for longer than max.poll.interval.ms: without polls the
+            # member would leave the group and its final commits be refused.
+            self.source.keep_alive()
             self._collect()
-            self._sink_retry_at = 0.0  # try now; the deadline bounds the retries
+            self._sink_retry_at = self._commit_retry_at = 0.0  # the deadline bounds retries
             self._write_and_commit()
             if drained and not self._pending_positions and self.tracker.in_flight() == 0:
                 return
@@ -337,14 +347,13 @@ class Worker:
         # kafka-python (EAGER) keeps a partition's fetch position when the rebalance hands it
         # back to us: its in-flight offsets must then stay pending, or later commits would
         # pass records that were never written (lost if we crash before they are).
-        self._revoked_state = self.tracker.detach(revoked)
+        self.tracker.detach(revoked)
+        self._last_activity = time.monotonic()  # a rejoin is under way: not idle
         return offsets
 
     def _on_assign(self, assigned: list[TopicPartitionKey]) -> None:
         log.info("partitions assigned: %s", ", ".join(map(str, assigned)) or "none")
-        kept = {tp: st for tp, st in self._revoked_state.items() if tp in assigned}
-        self._revoked_state = {}
-        self.tracker.reattach(kept)
+        self.tracker.reattach(assigned)
         self._last_activity = time.monotonic()
 
     def _shutdown(self) -> None:
@@ -353,7 +362,7 @@ class Worker:
                  self.stats.verdicts, self.stats.dead_letters)
 
     def _update_lag(self) -> None:
-        lags = self.source.lag()
+        lags = self.source.lag() or {}
         for tp, lag in lags.items():
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
         written = sum(self.stats.verdicts.values()) + sum(self.stats.dead_letters.values())
@@ -371,6 +380,8 @@ class Worker:
         if quiet < idle:
             return False
         lags = self.source.lag()
+        if lags is None:
+            return False  # the broker is down: an outage is not the end of the topic
         if not lags:
             # No partitions (yet): a group join can take a while; give it longer.
             return quiet >= 3 * idle

@@ -29,6 +29,9 @@ class _PartitionState:
 @dataclass
 class OffsetTracker:
     _parts: dict[TopicPartitionKey, _PartitionState] = field(default_factory=dict)
+    # Partitions revoked by a rebalance still in progress: not committable, but their records
+    # still finish (the join can take seconds), and the state comes back if they do.
+    _detached: dict[TopicPartitionKey, _PartitionState] = field(default_factory=dict)
 
     def started(self, tp: TopicPartitionKey, offset: int) -> None:
         """A record was taken from Kafka and is now in flight."""
@@ -37,13 +40,17 @@ class OffsetTracker:
     def finished(self, tp: TopicPartitionKey, offset: int) -> None:
         """The record's rows are durable (or it was dead-lettered durably)."""
         state = self._parts.get(tp)
+        if state is None:
+            state = self._detached.get(tp)
         if state is None or offset not in state.pending:
             return  # partition revoked meanwhile; the new owner re-processes idempotently
         state.pending.discard(offset)
         state.max_done = max(state.max_done, offset)
 
     def in_flight(self) -> int:
-        return sum(len(s.pending) for s in self._parts.values())
+        """Records taken and not yet durable, detached partitions included (they still
+        occupy the pipeline)."""
+        return sum(len(s.pending) for s in (*self._parts.values(), *self._detached.values()))
 
     def committable(self) -> dict[TopicPartitionKey, int]:
         """Next offsets that may be committed and were not committed yet."""
@@ -64,18 +71,25 @@ class OffsetTracker:
             if tp in self._parts:
                 self._parts[tp].committed = position
 
-    def detach(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, object]:
-        """Remove and return the state of revoked partitions (see :meth:`reattach`)."""
-        return {tp: self._parts.pop(tp) for tp in partitions if tp in self._parts}
+    def detach(self, partitions: list[TopicPartitionKey]) -> None:
+        """A rebalance revoked these partitions: stop committing them until :meth:`reattach`
+        says whether they came back."""
+        for tp in partitions:
+            if tp in self._parts:
+                self._detached[tp] = self._parts.pop(tp)
 
-    def reattach(self, states: dict[TopicPartitionKey, object]) -> None:
-        """Give back the state of partitions a rebalance handed back to this member: the
-        consumer keeps their fetch position, so their in-flight offsets must stay pending."""
-        for tp, state in states.items():
-            assert isinstance(state, _PartitionState)
-            self._parts[tp] = state
+    def reattach(self, assigned: list[TopicPartitionKey]) -> None:
+        """The rebalance finished. Partitions handed back to this member keep their state:
+        the consumer keeps their fetch position, so offsets still in flight must stay pending
+        (and those that finished meanwhile count as done). The rest are dropped: their new
+        owner re-processes from the committed offset, and our late rows are idempotent."""
+        for tp in assigned:
+            if tp in self._detached:
+                self._parts[tp] = self._detached[tp]
+        self._detached = {}
 
     def forget(self, partitions: list[TopicPartitionKey]) -> None:
         """Drop state of revoked partitions."""
         for tp in partitions:
             self._parts.pop(tp, None)
+            self._detached.pop(tp, None)

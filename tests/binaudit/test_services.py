@@ -25,7 +25,7 @@ from binaudit.settings import DatabaseSettings, KafkaSettings, ServicesSettings,
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-KAFKA_PORT, KAFKA_CONTROLLER_PORT, POSTGRES_PORT, S3_PORT = 59192, 59193, 55532, 55100
+KAFKA_PORT, KAFKA_CONTROLLER_PORT, POSTGRES_PORT, S3_PORT = 19192, 19193, 15532, 15100
 BINAUDIT = Path(sys.executable).parent / "binaudit"
 
 

@@ -47,7 +47,7 @@ from binaudit.settings import (
 from migrations.runner import upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KAFKA_PORT, KAFKA_CONTROLLER_PORT, POSTGRES_PORT, S3_PORT = 59292, 59293, 55632, 55200
+KAFKA_PORT, KAFKA_CONTROLLER_PORT, POSTGRES_PORT, S3_PORT = 19292, 19293, 15632, 15200
 ROOT_PREFIX = "binaudit-reliability-"
 # Short enough that a dead member leaves the group quickly (the broker's minimum is 6 s).
 SESSION_TIMEOUT_MS, HEARTBEAT_MS = 6000, 2000

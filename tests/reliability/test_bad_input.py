@@ -7,12 +7,9 @@ stay bounded while it refuses decompression bombs and oversized objects.
 
 from __future__ import annotations
 
-import io
 import json
 import random
-import struct
 import threading
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +17,8 @@ from typing import Any
 
 import pytest
 from kafka import KafkaProducer
-from PIL import Image
+
+from tests.hostile_images import jpeg_claiming, png_compressible, png_header_bomb
 
 pytestmark = [pytest.mark.reliability, pytest.mark.services, pytest.mark.slow]
 
@@ -43,31 +41,6 @@ class Case:
     objects: tuple[tuple[str, str, bytes], ...] = ()  # (bucket, key, body) to upload first
 
 
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A valid PNG whose IHDR claims width x height: crafted, never allocated."""
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
-
-
-def png_compressible(side: int) -> bytes:
-    """A real, fully decodable 1-bit PNG: a few KB on the wire, side² pixels when decoded."""
-    buf = io.BytesIO()
-    Image.new("1", (side, side)).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A real small JPEG whose SOF0 header is patched to claim width x height."""
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, format="JPEG", quality=80)
-    data = bytearray(buf.getvalue())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def event(name: str, i: int, **fields: Any) -> dict[str, Any]:

@@ -173,6 +173,44 @@ def test_kafka_broker_killed_and_restarted(harness: Any, supervisor: LocalServic
                     "failed commits logged": str(wp.log().count("offset commit failed"))})
 
 
+def test_idle_exit_waits_out_a_broker_outage(harness: Any, supervisor: LocalServices,
+                                             sample_dir: Path, scenario_log: Any,
+                                             offset_watch: Any, waiter: Any) -> None:
+    """``exit_when_idle_s`` (demo, tests) stops a worker whose partitions are at their end. A
+    broker outage is not the end of the topic: the worker waits, takes what is published after
+    the restart, and only then exits 0 by itself."""
+    h = harness
+    topic = h.topic(partitions=2)
+    group = f"g-{topic}"
+    first = h.publish(topic, sample_dir, 20)
+    with offset_watch(topic, group) as watch:
+        wp = h.worker("idle-exit", topic=topic, group=group, exit_when_idle_s=2.0,
+                      max_batch_size=4, artificial_delay_s=1.0)
+        waiter(lambda: h.written(topic) >= 1, 180, "the first row", workers=(wp,))
+        try:
+            supervisor.kill("kafka")
+            # Longer than the old failure needed: a lag query timing out (30 s) read as "no
+            # partitions", and 3x the idle time later the worker exited mid-outage.
+            time.sleep(40)
+            assert wp.alive(), f"the worker exited during the outage:\n{wp.log()[-3000:]}"
+        finally:
+            supervisor.up(only=("kafka",))
+        back = time.time()
+        second = h.publish(topic, sample_dir, 20)
+        pub = SimpleNamespace(published=first.published + second.published,
+                              valid=first.valid + second.valid,
+                              event_ids=first.event_ids + second.event_ids)
+        waiter(lambda: h.written(topic) >= pub.published, 180, f"{pub.published} rows",
+               workers=(wp,))
+        recovery = first_row_of(h, second.event_ids, back)
+        code = wp.proc.wait(timeout=120)
+    conclude(scenario_log, h, name="idle-exit worker through a 40 s Kafka outage", topic=topic,
+             pub=pub, watch=watch, recovery_s=recovery, exit_codes=[code],
+             recovered_by="by itself: waits out the outage (a broker that cannot answer is not "
+                          "an idle topic), then exits 0 once the topic is drained",
+             notes="20 events before the kill, 20 published after the broker is back.")
+
+
 def first_row_of(h: Any, event_ids: list[str], moment: float) -> float | None:
     first = h.scalar("SELECT extract(epoch FROM min(processed_at)) FROM audit_results "
                      "WHERE event_id = ANY(:ids)", ids=event_ids)

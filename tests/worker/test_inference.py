@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -12,20 +10,10 @@ import torch
 from PIL import Image
 
 from schemas.records import ErrorKind, EventError
+from tests.hostile_images import png_header_bomb
 from worker.inference import Counter, ImageLimits, Preprocessor
 
 LIMITS = ImageLimits(max_bytes=8 * 1024 * 1024, max_pixels=40_000_000)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    idat = zlib.compress(b"\x00" * 64)
-    body += struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(
-        ">I", zlib.crc32(b"IDAT" + idat))
-    return b"\x89PNG\r\n\x1a\n" + body
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +53,7 @@ def test_batch_inference_gives_one_prediction_per_image_in_order(
     (lambda s: b"", ErrorKind.EMPTY_OBJECT),
     (lambda s: b"hello, I am not a picture", ErrorKind.NOT_AN_IMAGE),
     (lambda s: s[: len(s) // 2], ErrorKind.TRUNCATED_IMAGE),
-    (lambda s: png_header_only(30_000, 30_000), ErrorKind.IMAGE_TOO_MANY_PIXELS),
+    (lambda s: png_header_bomb(30_000, 30_000), ErrorKind.IMAGE_TOO_MANY_PIXELS),
     (lambda s: s + b"\0" * (9 * 1024 * 1024), ErrorKind.OBJECT_TOO_LARGE),
 ])
 def test_hostile_bytes_raise_specific_error(pre: Preprocessor, sample_dir: Path, make: object,

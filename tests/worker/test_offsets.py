@@ -47,12 +47,43 @@ def test_a_partition_handed_back_keeps_its_in_flight_offsets() -> None:
     for off in (0, 1, 2):
         tr.started(TP, off)
     tr.started(TP1, 0)
-    detached = tr.detach([TP, TP1])
-    assert tr.in_flight() == 0
-    tr.reattach({tp: st for tp, st in detached.items() if tp == TP})  # TP1 went elsewhere
+    tr.detach([TP, TP1])
+    assert tr.committable() == {}  # not ours to commit while the group rebalances
+    tr.reattach([TP])  # TP1 went elsewhere
+    assert tr.in_flight() == 3
     tr.started(TP, 3)  # fetching continues after the kept position
     tr.finished(TP, 3)
     assert tr.committable() == {TP: 0}
     for off in (0, 1, 2):
         tr.finished(TP, off)
     assert tr.committable() == {TP: 4}
+    assert tr.in_flight() == 0
+
+
+def test_records_finishing_during_a_rebalance_count_when_the_partition_comes_back() -> None:
+    """The join can take seconds (waiting out a dead member's session) while the pipeline
+    keeps finishing records of the revoked partitions. Those finishes must not be dropped, or
+    the offsets stay "in flight" forever once the partition comes back: the worker then sat
+    paused at max_in_flight with its lag frozen (found by tests/reliability)."""
+    tr = OffsetTracker()
+    for off in (0, 1, 2):
+        tr.started(TP, off)
+    tr.started(TP1, 0)
+    tr.detach([TP, TP1])
+    assert tr.in_flight() == 4  # still in the pipeline
+    for off in (0, 1, 2):
+        tr.finished(TP, off)
+    tr.finished(TP1, 0)
+    tr.reattach([TP, TP1])
+    assert tr.in_flight() == 0
+    assert tr.committable() == {TP: 3, TP1: 1}
+
+
+def test_a_partition_not_handed_back_is_dropped() -> None:
+    tr = OffsetTracker()
+    tr.started(TP, 0)
+    tr.detach([TP])
+    tr.reattach([])
+    assert tr.in_flight() == 0
+    tr.finished(TP, 0)  # a late finish after the partition moved is ignored
+    assert tr.committable() == {}

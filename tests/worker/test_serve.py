@@ -14,12 +14,10 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from PIL import Image
 
 from binaudit.settings import Settings
 from schemas.events import BinEvent, encode_event
+from tests.hostile_images import png_header_bomb
 from trainer.model import ArtifactError
 from worker.compare import Prediction, decide
 from worker.inference import Counter, ImageLimits, Preprocessor
@@ -136,17 +135,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    idat = zlib.compress(b"\x00" * 64)
-    body += struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(
-        ">I", zlib.crc32(b"IDAT" + idat))
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
 def assert_same(got: dict[str, Any], want: Prediction) -> None:
     assert got["count"] == want.count
     assert got["confidence"] == pytest.approx(want.confidence, abs=1e-4)
@@ -249,7 +237,7 @@ def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(
         (b"", "image/jpeg", 422, {"empty_object"}),
         (b"this is not an image at all", "image/jpeg", 422, {"not_an_image"}),
         (good[:3000], "image/jpeg", 422, {"truncated_image", "decode_error"}),
-        (png_header_only(20_000, 20_000), "image/png", 422, {"image_too_many_pixels"}),
+        (png_header_bomb(20_000, 20_000), "image/png", 422, {"image_too_many_pixels"}),
         (b'{"image_uri": ', "application/json", 400, {"invalid_json"}),
         (b"[1, 2]", "application/json", 400, {"invalid_json"}),
         (b'{"image_uri": "s3://binaudit-images/a.jpg"}', "application/json", 422,

@@ -196,3 +196,28 @@ def test_sigterm_drains_and_exits_zero(
     rest = Worker(worker_settings).run()
     assert rest.events == 150 - written
     assert verdict_rows() == 150
+
+
+def test_a_drain_longer_than_max_poll_interval_still_commits(
+        worker_settings: Settings, sample_dir: Path, clean_db: Engine,
+        worker_process_factory: Callable[..., Any], verdict_rows: Callable[[], int],
+        wait_for: Callable[..., None]) -> None:
+    """SIGTERM with ~16 s of batches in flight and max.poll.interval.ms = 6 s: the drain keeps
+    polling (all partitions paused), so the member stays in the group and its final commits
+    land; a fresh member of the group then finds nothing left to do."""
+    publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic, count=40)
+    wp = worker_process_factory(
+        "slow-drain",
+        kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id,
+               "max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
+               "heartbeat_interval_ms": 2000},
+        worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
+                "max_batch_size": 16, "max_wait_ms": 500, "artificial_delay_s": 8.0,
+                "shutdown_deadline_s": 90})
+    # The first poll took all 40; 24 are still queued behind the first 8 s batch.
+    wait_for(lambda: verdict_rows() >= 16, 120, "the first batch")
+    wp.proc.send_signal(signal.SIGTERM)
+    assert wp.wait(timeout=120) == 0, wp.log()[-3000:]
+    assert verdict_rows() == 40, wp.log()[-3000:]
+    assert "commit failed" not in wp.log(), wp.log()[-3000:]
+    assert Worker(worker_settings).run().events == 0
