@@ -79,7 +79,7 @@ def finish_forgotten_rebalance(consumer: KafkaConsumer) -> bool:
     the join (or send a fresh one). No-op if the internals change.
     """
     coordinator = getattr(consumer, "_coordinator", None)
-    if not getattr(coordinator, "rejoining", False) or coordinator is None:
+    if coordinator is None or not getattr(coordinator, "rejoining", False):
         return False
     if coordinator.need_rejoin():
         return False  # a rebalance in progress that poll() is still driving
@@ -137,9 +137,9 @@ class EventSource:
             session_timeout_ms=self.cfg.session_timeout_ms,
             heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
         ))
-        # Learn the topic's partitions before the first join. Otherwise the group leader can
-        # assign from metadata that lacks the topic ("No partition metadata for topic") and
-        # kafka-python 3.0.12 then never rejoins: the member idled with no partitions.
+        # Learn the topic's partitions before the first join, so the leader rarely assigns
+        # from metadata that lacks the topic ("No partition metadata for topic"); the rejoin
+        # that follows when it does is the one finish_forgotten_rebalance may have to finish.
         self._consumer.partitions_for_topic(self.cfg.topic)
         self._consumer.subscribe(topics=[self.cfg.topic], listener=_Listener(self))
         return self
