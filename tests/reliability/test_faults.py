@@ -146,21 +146,12 @@ def test_kafka_broker_killed_and_restarted(harness: Any, supervisor: LocalServic
     with offset_watch(topic, group) as watch:
         wp = h.worker("kafka-outage", topic=topic, group=group, **STRETCH)
         waiter(lambda: h.written(topic) >= 40, 180, "the first rows", workers=(wp,))
-        try:
-            supervisor.kill("kafka")
-            killed = time.time()
-            time.sleep(5)
-            assert wp.alive(), f"the worker died with the broker:\n{wp.log()[-3000:]}"
-        finally:
-            supervisor.up(only=("kafka",))  # returns once a message round-trips
-        back = time.time()
+        killed, back = kafka_outage(supervisor, wp, 5)
         after = h.publish(topic, sample_dir, 100)
         waiter(lambda: first_row_of(h, after.event_ids, back) is not None, 180,
                "a row for an event published after the restart", workers=(wp,))
         recovery = first_row_of(h, after.event_ids, back)
-        pub = SimpleNamespace(published=before.published + after.published,
-                              valid=before.valid + after.valid,
-                              event_ids=before.event_ids + after.event_ids)
+        pub = combined(before, after)
         codes = drain_all(h, waiter, topic, pub.published, (wp,))
     conclude(scenario_log, h, name="Kafka broker SIGKILLed and restarted", topic=topic, pub=pub,
              watch=watch, recovery_s=recovery, exit_codes=codes,
@@ -187,19 +178,11 @@ def test_idle_exit_waits_out_a_broker_outage(harness: Any, supervisor: LocalServ
         wp = h.worker("idle-exit", topic=topic, group=group, exit_when_idle_s=2.0,
                       max_batch_size=4, artificial_delay_s=1.0)
         waiter(lambda: h.written(topic) >= 1, 180, "the first row", workers=(wp,))
-        try:
-            supervisor.kill("kafka")
-            # Longer than the old failure needed: a lag query timing out (30 s) read as "no
-            # partitions", and 3x the idle time later the worker exited mid-outage.
-            time.sleep(40)
-            assert wp.alive(), f"the worker exited during the outage:\n{wp.log()[-3000:]}"
-        finally:
-            supervisor.up(only=("kafka",))
-        back = time.time()
+        # Longer than the old failure needed: a lag query timing out (30 s) read as "no
+        # partitions", and 3x the idle time later the worker exited mid-outage.
+        _, back = kafka_outage(supervisor, wp, 40)
         second = h.publish(topic, sample_dir, 20)
-        pub = SimpleNamespace(published=first.published + second.published,
-                              valid=first.valid + second.valid,
-                              event_ids=first.event_ids + second.event_ids)
+        pub = combined(first, second)
         waiter(lambda: h.written(topic) >= pub.published, 180, f"{pub.published} rows",
                workers=(wp,))
         recovery = first_row_of(h, second.event_ids, back)
@@ -209,6 +192,26 @@ def test_idle_exit_waits_out_a_broker_outage(harness: Any, supervisor: LocalServ
              recovered_by="by itself: waits out the outage (a broker that cannot answer is not "
                           "an idle topic), then exits 0 once the topic is drained",
              notes="20 events before the kill, 20 published after the broker is back.")
+
+
+def kafka_outage(supervisor: LocalServices, wp: Any, seconds: float) -> tuple[float, float]:
+    """SIGKILL the broker, check the worker outlives ``seconds`` without it, restart it.
+    Returns (killed, back) wall times; ``up`` returns once a message round-trips."""
+    try:
+        supervisor.kill("kafka")
+        killed = time.time()
+        time.sleep(seconds)
+        assert wp.alive(), f"the worker died with the broker:\n{wp.log()[-3000:]}"
+    finally:
+        supervisor.up(only=("kafka",))
+    return killed, time.time()
+
+
+def combined(*pubs: Any) -> SimpleNamespace:
+    """Several publishes of one scenario counted as one, for :func:`conclude`."""
+    return SimpleNamespace(published=sum(p.published for p in pubs),
+                           valid=sum(p.valid for p in pubs),
+                           event_ids=[e for p in pubs for e in p.event_ids])
 
 
 def first_row_of(h: Any, event_ids: list[str], moment: float) -> float | None:
