@@ -43,9 +43,12 @@ migrate: venv services-up
 test: venv services-up migrate
 	$(BIN)/pytest -q tests/
 
+# Layer contracts (.importlinter): front ends -> inference -> core -> schemas, no sibling
+# front end imports another, migrations import only the core.
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy binaudit worker trainer schemas migrations
+	$(BIN)/lint-imports
+	$(BIN)/mypy binaudit core inference worker serve replay audit robots trainer devstack schemas migrations
 
 demo: venv services-up migrate
 	bash scripts/demo.sh

@@ -2,7 +2,7 @@
 
 One event → one S3 GET → one decode → one forward pass (batch 1) → one INSERT transaction →
 one offset commit, strictly in sequence, nothing overlapped. Same Kafka consumer adapter,
-same ``ImageFetcher``, ``Preprocessor``, ``Counter.infer``, ``verdict_records`` and
+same ``ImageFetcher``, ``Preprocessor``, ``BinCounter.infer``, ``verdict_records`` and
 ``ResultSink.write`` as the worker; only the orchestration differs.
 """
 
@@ -12,19 +12,20 @@ import time
 from typing import Any
 
 from bench.components import fetch_policy
-from binaudit.settings import Settings
+from core.model.preprocess import Preprocessor
+from core.settings import Settings
+from inference.counter import BinCounter
+from inference.images import ImageFetcher
+from inference.outcomes import verdict_records
+from inference.positions import TopicPartitionKey
 from schemas.events import decode_event
-from worker.inference import Counter, Preprocessor
 from worker.io.kafka_source import EventSource
 from worker.io.pg_sink import ResultSink, WriteBatch
-from worker.io.s3_images import ImageFetcher
-from worker.offsets import TopicPartitionKey
-from worker.outcomes import verdict_records
 
 STAGES = ("fetch", "decode", "infer", "write", "commit")
 
 
-def run_per_event(settings: Settings, counter: Counter, preprocessor: Preprocessor, *,
+def run_per_event(settings: Settings, counter: BinCounter, preprocessor: Preprocessor, *,
                   max_events: int, max_seconds: float) -> dict[str, Any]:
     """Process up to ``max_events`` (or for ``max_seconds``) one at a time."""
     clocks = dict.fromkeys(STAGES, 0.0)

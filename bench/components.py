@@ -20,22 +20,18 @@ from kafka import KafkaConsumer
 from sqlalchemy import create_engine
 
 from bench.env import Rate
-from binaudit.settings import Settings
+from core.model.preprocess import ImageLimits, Preprocessor
+from core.settings import Settings
+from inference.compare import Prediction
+from inference.images import FetchPolicy, ImageFetcher
+from inference.outcomes import verdict_records
 from schemas.events import BinEvent, decode_event
 from schemas.records import AuditVerdict
-from worker.compare import Prediction
-from worker.inference import ImageLimits, Preprocessor
 from worker.io.pg_sink import ResultSink, WriteBatch
-from worker.io.s3_images import FetchPolicy, ImageFetcher
-from worker.outcomes import verdict_records
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:
-    cfg = settings.worker
-    return FetchPolicy(allowed_buckets=frozenset(settings.s3.allowed_buckets),
-                       max_bytes=cfg.max_image_bytes,
-                       backoff_initial_s=cfg.retry_backoff_initial_s,
-                       backoff_max_s=cfg.retry_backoff_max_s)
+    return FetchPolicy.from_settings(settings)
 
 
 def s3_get_rate(settings: Settings, uris: list[str], *, repeats: int) -> Rate:
@@ -164,5 +160,5 @@ def measure_all(settings: Settings, *, topic: str, events: list[BinEvent], image
 
 
 def limits_of(settings: Settings) -> ImageLimits:
-    return ImageLimits(settings.worker.max_image_bytes, settings.worker.max_image_pixels)
+    return ImageLimits.from_settings(settings.worker)
 

@@ -4,7 +4,7 @@ Methods (all end in the model's input, a 3×S×S float tensor normalised like th
 
 * ``pillow``: Pillow full decode + torchvision Resize/ToTensor/Normalize
   (``Preprocessor(jpeg_draft=False)``);
-* ``pillow-draft``: the worker's path, ``worker.inference.Preprocessor`` (JPEG draft mode
+* ``pillow-draft``: the worker's path, ``inference.counter.Preprocessor`` (JPEG draft mode
   lets libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT while the result stays ≥ S);
 * ``tv-decode-cpu``: ``torchvision.io.decode_jpeg`` on CPU + tensor resize (antialias) +
   normalise;
@@ -27,8 +27,8 @@ import torchvision
 from PIL import Image
 
 from bench.env import measure_rate
-from trainer.model import ModelCard
-from worker.inference import ImageLimits, Preprocessor
+from core.model.card import ModelCard
+from core.model.preprocess import ImageLimits, Preprocessor
 
 LIMITS = ImageLimits(max_bytes=8 * 1024 * 1024, max_pixels=40_000_000)
 

@@ -16,12 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from bench.env import CpuMeter, RssSampler
 from bench.stagestats import mean_batch, stage_seconds
-from worker.inference import Counter, Preprocessor
-from worker.metrics import PipelineMetrics
-from worker.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
+from core.model.preprocess import Preprocessor
+from inference.counter import BinCounter
+from inference.metrics import PipelineMetrics
+from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
 
 
-def run_pipeline(counter: Counter, preprocessor: Preprocessor, images: list[bytes], *,
+def run_pipeline(counter: BinCounter, preprocessor: Preprocessor, images: list[bytes], *,
                  events: int, config: PipelineConfig, max_in_flight: int) -> dict[str, Any]:
     """Push ``events`` items through the pipeline as fast as it takes them."""
     slots = threading.BoundedSemaphore(max_in_flight)
@@ -52,7 +53,7 @@ def run_pipeline(counter: Counter, preprocessor: Preprocessor, images: list[byte
             **rss.as_dict(), **cpu.as_dict()}
 
 
-def run_per_event(counter: Counter, preprocessor: Preprocessor, images: list[bytes], *,
+def run_per_event(counter: BinCounter, preprocessor: Preprocessor, images: list[bytes], *,
                   events: int) -> dict[str, Any]:
     """Decode one image, forward it alone (batch 1), then the next: nothing overlaps."""
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Two paths are timed:
 
-* ``counter``: ``worker.inference.Counter.infer`` on a host (CPU) batch, exactly what the
+* ``counter``: ``inference.counter.BinCounter.infer`` on a host (CPU) batch, exactly what the
   worker's inference thread calls (on CUDA: pin, copy, bf16 autocast, softmax, back to host);
 * ``forward``: the bare ``model(x)`` on a batch already on the device (CUDA only), which is
   where torch.compile and CUDA graphs apply.
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from bench.env import Rate, RssSampler, measure_rate, mib
-from trainer.model import load_artifact
-from worker.inference import Counter
+from core.model.artifact import load_artifact
+from inference.counter import BinCounter
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def forward_step(model: nn.Module, x: torch.Tensor, *, bf16: bool) -> Callable[[
     return step
 
 
-def counter_step(counter: Counter, x: torch.Tensor) -> Callable[[], int]:
+def counter_step(counter: BinCounter, x: torch.Tensor) -> Callable[[], int]:
     def step() -> int:
         return len(counter.infer(x))
     return step
@@ -129,7 +129,7 @@ def measure_variant(artifact: Path, device: torch.device, variant: str, path: st
     """One variant over ``batch_sizes`` (ascending, so each RSS peak bounds its own size)."""
     bf16, channels_last, extra = parse_variant(variant)
     model, card = load_artifact(artifact, map_location="cpu")
-    counter = Counter(model, card, device, channels_last=channels_last)
+    counter = BinCounter(model, card, device, channels_last=channels_last)
     if counter.is_cuda and not bf16 and path == "counter":
         raise ValueError("the counter path always autocasts to bf16 on CUDA")
     if extra and extra.startswith("compile"):
@@ -171,10 +171,10 @@ def measure_variant(artifact: Path, device: torch.device, variant: str, path: st
     return rows
 
 
-def _counter_for(artifact: Path, device: torch.device, variant: str) -> Counter:
+def _counter_for(artifact: Path, device: torch.device, variant: str) -> BinCounter:
     bf16, channels_last, extra = parse_variant(variant)
     model, card = load_artifact(artifact, map_location="cpu")
-    counter = Counter(model, card, device, channels_last=channels_last)
+    counter = BinCounter(model, card, device, channels_last=channels_last)
     if extra and extra.startswith("compile"):
         mode = extra.removeprefix("compile").lstrip("-") or None
         counter.model = torch.compile(counter.model, mode=mode)  # type: ignore[assignment]
@@ -183,7 +183,7 @@ def _counter_for(artifact: Path, device: torch.device, variant: str) -> Counter:
 
 def measure_interleaved(artifact: Path, device: torch.device, variants: list[str],
                         batch_sizes: list[int], timing: Timing) -> list[dict[str, Any]]:
-    """``Counter.infer`` for several variants, alternating one timed window of each, so load
+    """``BinCounter.infer`` for several variants, alternating one timed window of each, so load
     drifting on a shared machine hits every variant alike (their ratios stay fair).
 
     RSS peaks here cover all variants loaded together (one process), per batch size."""

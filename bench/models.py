@@ -14,9 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_model, save_artifact
-from worker.compare import Prediction, prediction_from_probs
-from worker.inference import Counter, resolve_device
+from core.model.architectures import build_model
+from core.model.artifact import save_artifact
+from core.model.card import ModelCard
+from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from inference.compare import Prediction, prediction_from_probs
+from inference.counter import BinCounter, resolve_device
 
 CLASS_COUNTS = [1, 2, 3, 4, 5]
 
@@ -38,12 +41,12 @@ def write_artifact(root: Path, architecture: str = "efficientnet_b4", input_size
     return save_artifact(root / card.version, model, card)
 
 
-def load_counter(path: Path, device: str, *, channels_last: bool | None = None) -> Counter:
-    return Counter.from_artifact(path, device,  # type: ignore[arg-type]
+def load_counter(path: Path, device: str, *, channels_last: bool | None = None) -> BinCounter:
+    return BinCounter.from_artifact(path, device,  # type: ignore[arg-type]
                                  channels_last=channels_last)
 
 
-class NullCounter(Counter):
+class NullCounter(BinCounter):
     """No forward pass: a fixed prediction per row, instantly (the I/O ceiling's model)."""
 
     def __init__(self, input_size: int = 224, device: str = "cpu") -> None:

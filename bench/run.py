@@ -69,8 +69,8 @@ def profile(device: str, quick: bool) -> Profile:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.models import write_artifact
     from bench.services import bench_settings, prepare_database
-    from binaudit.settings import Settings
-    from worker.inference import resolve_device
+    from core.settings import Settings
+    from inference.counter import resolve_device
 
     device = resolve_device(args.device).type
     prof = profile(device, args.quick)

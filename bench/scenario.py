@@ -67,7 +67,7 @@ def _worker_overrides(cfg: ScenarioConfig, **worker: object) -> dict[str, object
 def _settings(cfg: ScenarioConfig, **worker: object) -> Any:
     """Settings for scenarios that use the services (bench database, bucket)."""
     from bench.services import bench_settings
-    from binaudit.settings import Settings
+    from core.settings import Settings
 
     return bench_settings(Settings(), db_name=cfg.db_name,
                           worker=_worker_overrides(cfg, **worker))
@@ -75,7 +75,7 @@ def _settings(cfg: ScenarioConfig, **worker: object) -> Any:
 
 def _local_settings(cfg: ScenarioConfig) -> Any:
     """Settings for service-free scenarios (no database/Kafka client imported: GPU box)."""
-    from binaudit.settings import Settings
+    from core.settings import Settings
 
     base = Settings()
     return base.model_copy(update={"worker": base.worker.model_copy(
@@ -84,7 +84,7 @@ def _local_settings(cfg: ScenarioConfig) -> Any:
 
 def _preprocessor(settings: Any, card: Any) -> Any:
     from bench.components import limits_of
-    from worker.inference import Preprocessor
+    from core.model.preprocess import Preprocessor
 
     return Preprocessor(card, limits_of(settings))
 
@@ -143,7 +143,7 @@ def scenario_ceiling(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.models import NullCounter
     from bench.samples import SAMPLE_DIR, sample_images
     from bench.services import published_topic
-    from worker.publisher import build_events
+    from robots.publisher import build_events
 
     settings = _settings(cfg, exit_when_idle_s=3.0)
     events = cfg.events or 2000
@@ -229,7 +229,7 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.model_speed import counter_step
     from bench.models import load_counter
     from bench.samples import sample_images
-    from worker.pipeline import PipelineConfig
+    from inference.pipeline import PipelineConfig
 
     assert cfg.artifact, "local needs an artifact"
     settings = _local_settings(cfg)

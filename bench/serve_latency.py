@@ -67,7 +67,10 @@ def build_artifact(directory: Path, architecture: str, input_size: int) -> Path:
     """An untrained, seeded artifact in the trainer's format (as tests/conftest.py does)."""
     import torch
 
-    from trainer.model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_model, save_artifact
+    from core.model.architectures import build_model
+    from core.model.artifact import save_artifact
+    from core.model.card import ModelCard
+    from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     torch.manual_seed(0)
     model = build_model(architecture, 5, weights=None)

@@ -21,9 +21,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.samples import SAMPLE_DIR
-from binaudit.settings import Settings
+from core.settings import Settings
 from migrations.runner import upgrade
-from worker.publisher import EventPlan, PublishOptions, publish
+from robots.publisher import EventPlan, PublishOptions, publish
 
 log = logging.getLogger(__name__)
 

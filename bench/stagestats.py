@@ -1,5 +1,5 @@
 """Per-stage busy time read back from a pipeline's Prometheus registry
-(``binaudit_stage_seconds`` and ``binaudit_batch_size``, see ``worker.metrics``)."""
+(``binaudit_stage_seconds`` and ``binaudit_batch_size``, see ``inference.metrics``)."""
 
 from __future__ import annotations
 

@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry
 
 from bench.env import CpuMeter, RssSampler, machine_ticks, mib, process_cpu_s, rss_bytes
 from bench.stagestats import mean_batch, stage_seconds
-from binaudit.settings import Settings
+from core.settings import Settings
+from inference.counter import BinCounter
 from worker.app import Worker
-from worker.inference import Counter
 
 
 class TimedWorker(Worker):
     """The worker, with clocks around its main-thread steps (no behaviour change)."""
 
-    def __init__(self, settings: Settings, *, counter: Counter) -> None:
+    def __init__(self, settings: Settings, *, counter: BinCounter) -> None:
         self.registry = CollectorRegistry()
         super().__init__(settings, counter=counter, registry=self.registry)
         self.first_accept: float | None = None
@@ -80,7 +80,7 @@ class TimedWorker(Worker):
                                                   / window, 2)}
 
 
-def run_worker(settings: Settings, counter: Counter, *, expected: int) -> dict[str, Any]:
+def run_worker(settings: Settings, counter: BinCounter, *, expected: int) -> dict[str, Any]:
     """Run one worker until the topic is drained; throughput, stage busy shares, memory."""
     worker = TimedWorker(settings, counter=counter)
     with RssSampler() as rss, CpuMeter() as cpu:

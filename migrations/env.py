@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from binaudit.settings import Settings
-from worker.db.tables import metadata
+from core.settings import Settings
+from core.tables import metadata
 
 config = context.config
 # `binaudit db upgrade` passes its Settings; the plain `alembic` CLI is an entry point too.

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from binaudit.settings import Settings
+from core.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,7 +26,7 @@ FINDINGS = (
     "is stored in `dead_letters.key` (text); Postgres text cannot hold NUL, psycopg2 raised "
     "`ValueError` for the whole batch, it escaped the worker loop (only `SinkUnavailable` is "
     "retried) and the worker exited non-zero with the batch unwritten and uncommitted, so a "
-    "restarted worker met the same record and died again. Fix (`worker/outcomes.py`): NUL in "
+    "restarted worker met the same record and died again. Fix (`inference/outcomes.py`): NUL in "
     "the stored key and message is escaped as `\\x00` (the payload is bytea and kept as "
     "is). Regression: corpus case *NUL byte in the Kafka key*, and "
     "`tests/worker/test_security.py::test_nul_in_an_attacker_chosen_key_cannot_stop_the_worker`.",

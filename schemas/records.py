@@ -1,5 +1,5 @@
 """What the worker writes: verdicts, discrepancies and dead letters (field names = DB columns,
-see ``worker/db/tables.py``), plus the error vocabulary shared by the event decoder and the
+see ``core/tables.py``), plus the error vocabulary shared by the event decoder and the
 worker's dead-letter path."""
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ class ErrorKind(StrEnum):
     TRUNCATED_IMAGE = "truncated_image"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
     DECODE_ERROR = "decode_error"
+    # Not about the event: the model failed on a batch, or the pipeline is stopping. Both are
+    # retried (and never dead-lettered while a retry can still succeed).
+    MODEL_ERROR = "model_error"
+    SHUTTING_DOWN = "shutting_down"
 
 
 class VerdictStatus(StrEnum):
@@ -108,16 +112,3 @@ class DeadLetterRecord(BaseModel):
     payload_truncated: bool = False
     error_kind: ErrorKind
     message: str
-
-    @classmethod
-    def from_raw(cls, *, topic: str, partition: int, offset: int, key: bytes | str | None,
-                 value: bytes | None, error_kind: ErrorKind, message: str,
-                 event_id: str | None = None) -> DeadLetterRecord:
-        """Build a dead letter from a raw Kafka record, truncating the payload to 64 KiB."""
-        if isinstance(key, bytes):
-            key = key.decode("utf-8", errors="backslashreplace")
-        truncated = value is not None and len(value) > MAX_DEAD_LETTER_PAYLOAD
-        payload = value[:MAX_DEAD_LETTER_PAYLOAD] if value is not None else None
-        return cls(topic=topic, partition=partition, offset=offset, key=key, event_id=event_id,
-                   payload=payload, payload_truncated=truncated, error_kind=error_kind,
-                   message=message)

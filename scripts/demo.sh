@@ -34,7 +34,7 @@ say "services (Kafka KRaft, PostgreSQL 15, S3) and migrations"
 
 MODEL="${BINAUDIT_WORKER__MODEL_PATH:-}"
 if [ -z "$MODEL" ]; then
-    MODEL=$("$BIN/python" -c 'from pathlib import Path; from trainer.model import find_latest_artifact
+    MODEL=$("$BIN/python" -c 'from pathlib import Path; from core.model.artifact import find_latest_artifact
 p = find_latest_artifact(Path("artifacts/models")); print(p or "")')
 fi
 if [ -z "$MODEL" ]; then

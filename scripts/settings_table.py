@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, SecretStr
 
-from binaudit.settings import Settings
+from core.settings import Settings
 
 
 def rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:

@@ -17,8 +17,8 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from sqlalchemy import Engine, create_engine, text
 
-from binaudit.services import LocalServices
-from binaudit.settings import Settings
+from core.settings import Settings
+from devstack.services import LocalServices
 from migrations.runner import upgrade
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,10 @@ def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> Artifact
 
     import torch
 
-    from trainer.model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_model, save_artifact
+    from core.model.architectures import build_model
+    from core.model.artifact import save_artifact
+    from core.model.card import ModelCard
+    from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     def make(version: str = "test-lite0-a", *, input_size: int = 160, seed: int = 0,
              architecture: str = "efficientnet_lite0") -> Path:

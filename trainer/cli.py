@@ -5,16 +5,29 @@ Glue only: each command turns flags into a frozen config and calls one named mod
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+
+from core.cliutil import console, fail, settings_of
+from core.db import open_engine
+from core.model.card import ArtifactError, new_version
+from trainer import data
+from trainer.checkpoint import load_checkpoint
+from trainer.cli_data import data_app
+from trainer.config import FitConfig, read_hyperparameters
+from trainer.distributed import dist_info
+from trainer.evaluate import evaluate_artifact, write_evaluation
+from trainer.fetch import fetch_with_settings
+from trainer.registry import register_artifact
+from trainer.train import fit
+from trainer.tune import SearchSpace, tune
 
 log = logging.getLogger(__name__)
-console = Console()
 train_app = typer.Typer(help="Prepare data, fine-tune, tune, profile and evaluate the counter.",
                         no_args_is_help=True)
 model_app = typer.Typer(help="Model artifacts: registration.", no_args_is_help=True)
@@ -27,11 +40,7 @@ def register(app: typer.Typer) -> None:
     """Mount the trainer package's commands on the root app."""
     app.add_typer(train_app, name="train")
     app.add_typer(model_app, name="model")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]{message}[/red]")
-    return typer.Exit(code)
+    app.add_typer(data_app, name="data")
 
 
 @train_app.command("prepare")
@@ -55,17 +64,15 @@ def prepare_cmd(
     test_fraction: float = 0.1,
 ) -> None:
     """Deterministic, stratified train/val/test split manifest with a data fingerprint."""
-    from trainer import data
-
     given = [x for x in (file_list, ids, labels) if x is not None]
     if len(given) > 1:
-        raise _fail("give one of --file-list, --ids, --labels")
+        fail("give one of --file-list, --ids, --labels")
     if bucket is not None:
         source_dir = source_dir or Path("data/abid")
         wanted = _listed_ids(file_list=file_list, ids=ids, labels=labels)
         _fetch_from_bucket(ctx, bucket, wanted, source_dir)
     if source_dir is None:
-        raise _fail("--source-dir is required (a local ABID-format folder)")
+        fail("--source-dir is required (a local ABID-format folder)")
     if not given:
         labels = source_dir / "labels.csv"
     if file_list is not None:
@@ -80,7 +87,7 @@ def prepare_cmd(
         manifest = data.build_manifest(entries, source_dir, classes=data.parse_classes(classes),
                                        seed=seed, fractions=fractions)
     except data.DataError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     data.write_manifest(manifest, out)
     counts = {s: len(manifest.split(s)) for s in data.SPLITS}
     console.print(f"manifest {out}: {len(manifest.items)} images {counts}, "
@@ -95,7 +102,6 @@ def prepare_cmd(
 
 
 def _listed_ids(*, file_list: Path | None, ids: Path | None, labels: Path | None) -> list[str]:
-    from trainer import data
 
     if file_list is not None:
         return [e.id for e in data.read_file_list(file_list)]
@@ -104,15 +110,11 @@ def _listed_ids(*, file_list: Path | None, ids: Path | None, labels: Path | None
                 if x.strip() and not x.startswith("#")]
     if labels is not None:
         return [e.id for e in data.read_labels_csv(labels)]
-    raise _fail("--bucket needs the ids to fetch: give --file-list, --ids or --labels")
+    fail("--bucket needs the ids to fetch: give --file-list, --ids or --labels")
 
 
 def _fetch_from_bucket(ctx: typer.Context, bucket: str, ids: list[str], out_dir: Path) -> None:
     """Download the ids (resumable) with the data client, then prepare from the local copy."""
-    import asyncio
-
-    from binaudit.cli import settings_of
-    from worker.abid_fetch import fetch_with_settings
 
     abid = settings_of(ctx).abid.model_copy(update={"bucket": bucket})
     summary = asyncio.run(fetch_with_settings(abid, ids, out_dir=out_dir, progress=True))
@@ -123,14 +125,10 @@ def _fetch_from_bucket(ctx: typer.Context, bucket: str, ids: list[str], out_dir:
 def _fit_config(**kw: Any) -> Any:
     """Flags + optional hp.json -> a FitConfig (flags win over the file, the file over
     defaults); with --resume and no --out, the checkpoint's run directory."""
-    from trainer.config import FitConfig, read_hyperparameters
-    from trainer.model import new_version
-
     hp_file = kw.pop("hyperparameters")
     values: dict[str, Any] = {}
     if kw.get("resume") is not None:
         # A resumed run starts from the checkpoint's config; flags given now override it.
-        from trainer.checkpoint import load_checkpoint
 
         saved = load_checkpoint(kw["resume"])["config"]
         values = {k: v for k, v in saved.items() if k not in ("out", "resume", "profile")}
@@ -173,9 +171,6 @@ def fit_cmd(
     debug_rank_metrics: Annotated[bool, Opt(hidden=True)] = False,
 ) -> None:
     """Fine-tune the counter (single process, or each rank under torchrun)."""
-    from trainer.distributed import dist_info
-    from trainer.train import fit
-
     config = _fit_config(
         manifest=manifest, hyperparameters=hyperparameters, batch_size=batch_size,
         epochs=epochs, lr=lr, freeze=freeze, image_size=image_size, model=model,
@@ -222,8 +217,6 @@ def tune_cmd(
     final_fit: Annotated[bool, Opt(help="Fit once with the best params and test it.")] = True,
 ) -> None:
     """Optuna TPE + median pruning on validation loss; writes hp.json, trials, plot."""
-    from trainer.tune import SearchSpace, tune
-
     space = SearchSpace(lr_low=lr_min, lr_high=lr_max, epochs_low=epochs_min,
                         epochs_high=epochs_max,
                         batch_sizes=tuple(int(b) for b in batch_sizes.split(",")))
@@ -246,13 +239,10 @@ def evaluate_cmd(
                    ] = None,
 ) -> None:
     """Accuracy, RMSE, per-class and off-by-one accuracy, confusion matrix of an artifact."""
-    from trainer.evaluate import evaluate_artifact, write_evaluation
-    from trainer.model import ArtifactError
-
     try:
         result = evaluate_artifact(artifact, manifest, split=split)
     except ArtifactError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     path = write_evaluation(result, out or artifact / f"eval-{split}.json")
     console.print(json.dumps({k: result[k] for k in ("n", "accuracy", "rmse",
                                                      "off_by_one_accuracy")}))
@@ -268,9 +258,6 @@ def quickstart_cmd(
     image_size: int = 224,
 ) -> None:
     """prepare + fit of pretrained EfficientNet-Lite0 (frozen backbone) on the ABID sample."""
-    from trainer import data
-    from trainer.train import fit
-
     manifest_path = out / "quickstart-manifest.json"
     manifest = data.build_manifest(data.read_labels_csv(source_dir / "labels.csv"), source_dir,
                                    classes=[1, 2, 3, 4, 5], seed=0)
@@ -290,14 +277,9 @@ def quickstart_cmd(
 @model_app.command("register")
 def register_cmd(ctx: typer.Context, path: Path) -> None:
     """Record the artifact at PATH in the model_versions table (idempotent)."""
-    from binaudit.cli import settings_of
-    from binaudit.db import open_engine
-    from trainer.model import ArtifactError
-    from trainer.registry import register_artifact
-
     try:
         with open_engine(settings_of(ctx).db) as engine:
             version, inserted = register_artifact(engine, path)
     except ArtifactError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     console.print(f"{version}: {'registered' if inserted else 'already registered'}")

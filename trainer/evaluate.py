@@ -9,10 +9,11 @@ from typing import Any
 import PIL.Image
 import torch
 
-from trainer import plots
+from core import plots
+from core.model.artifact import load_artifact
+from core.model.preprocess import eval_transform
+from core.scoring import counting_metrics
 from trainer.data import read_manifest
-from trainer.metrics import counting_metrics
-from trainer.model import eval_transform, load_artifact
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from trainer import plots
+from core import plots
 from trainer.engine import PHASES, PassStats
 
 log = logging.getLogger(__name__)

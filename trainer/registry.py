@@ -7,8 +7,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
-from trainer.model import load_artifact
-from worker.db.tables import model_versions
+from core.model.artifact import load_artifact
+from core.tables import model_versions
 
 
 def register_artifact(engine: Engine, directory: Path) -> tuple[str, bool]:

@@ -10,7 +10,6 @@ import copy
 import json
 import logging
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,21 +21,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from core import plots
+from core.model.architectures import apply_freeze, build_model
+from core.model.artifact import save_artifact
+from core.model.card import ModelCard
+from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.scoring import counting_metrics, majority_baseline, scalar_metrics
 from trainer import checkpoint as ckpt
 from trainer import distributed as d
-from trainer import plots
 from trainer.config import FitConfig
 from trainer.data import Manifest, TensorImages, load_split, read_manifest
 from trainer.engine import PassStats, Preprocess, evaluate, train_one_epoch
-from trainer.metrics import counting_metrics, majority_baseline, scalar_metrics
-from trainer.model import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ModelCard,
-    apply_freeze,
-    build_model,
-    save_artifact,
-)
 from trainer.profiling import ProfileWindow, write_report
 
 log = logging.getLogger(__name__)
@@ -315,13 +310,3 @@ def _write_rank_metrics(out: Path, rank: int, history: list[dict[str, float]]) -
     keep = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
     path.write_text(json.dumps([{k: h[k] for k in keep} for h in history]) + "\n")
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m trainer.train [train fit flags]``: the torchrun entry point."""
-    from binaudit.cli import app
-
-    app(["train", "fit", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()

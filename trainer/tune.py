@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from pydantic import BaseModel, ConfigDict
 
-from trainer import plots
+from core import plots
+from core.model.card import new_version
 from trainer.config import FitConfig, write_hyperparameters
-from trainer.model import new_version
 from trainer.train import FitResult, fit
 
 log = logging.getLogger(__name__)

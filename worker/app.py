@@ -21,23 +21,23 @@ from typing import Any
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from binaudit.settings import Settings
+from core.model.preprocess import ImageLimits, Preprocessor
+from core.producer import EventProducer
+from core.settings import Settings
+from inference.counter import BinCounter
+from inference.images import ImageFetcher
+from inference.outcomes import dead_letter_record, verdict_records
+from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
+from inference.positions import Position, TopicPartitionKey
+from inference.retries import RetryBudget
 from schemas.events import decode_event
 from schemas.records import EventError
-from worker.inference import Counter, ImageLimits, Preprocessor
 from worker.io.kafka_source import EventSource
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
-from worker.io.producer import EventProducer
-from worker.io.s3_images import FetchPolicy, ImageFetcher
 from worker.metrics import HealthServer, WorkerMetrics
-from worker.offsets import OffsetTracker, TopicPartitionKey
-from worker.outcomes import dead_letter_record, verdict_records
-from worker.pipeline import InferencePipeline, Outcome, PipelineConfig, Position, WorkItem
+from worker.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
-
-MAX_RETRYABLE_ATTEMPTS = 3
-
 
 @dataclass
 class RunStats:
@@ -53,7 +53,7 @@ class RunStats:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, counter: Counter | None = None,
+    def __init__(self, settings: Settings, *, counter: BinCounter | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.cfg = settings.worker
@@ -64,7 +64,7 @@ class Worker:
         self._outcomes: queue.Queue[Outcome] = queue.Queue()
         self._pending = WriteBatch()
         self._pending_positions: list[Position] = []
-        self._attempts: dict[Position, int] = {}
+        self._retries = RetryBudget()
         self._stop = threading.Event()
         self._sink_failed = False
         self._sink_retry_at = 0.0
@@ -86,17 +86,14 @@ class Worker:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         with ExitStack() as stack:
-            counter = self._counter or Counter.from_artifact(self.cfg.model_path, self.cfg.device)
+            counter = self._counter or BinCounter.from_artifact(self.cfg.model_path,
+                                                                self.cfg.device)
             warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
             log.info("model %s warmed up in %.2fs", counter.version, warm)
             self.counter = counter
             self.sink = stack.enter_context(ResultSink(self.settings.db))
             self._register_model()
-            fetcher = stack.enter_context(ImageFetcher(self.settings.s3, FetchPolicy(
-                allowed_buckets=frozenset(self.settings.s3.allowed_buckets),
-                max_bytes=self.cfg.max_image_bytes,
-                backoff_initial_s=self.cfg.retry_backoff_initial_s,
-                backoff_max_s=self.cfg.retry_backoff_max_s)))
+            fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
             self.pipeline = stack.enter_context(self._build_pipeline(counter, fetcher))
             self._dlq = (stack.enter_context(EventProducer(self.settings.kafka))
                          if self.settings.kafka.dlq_topic else None)
@@ -112,13 +109,9 @@ class Worker:
         return self.stats
 
     # ---- construction ---------------------------------------------------------------
-    def _build_pipeline(self, counter: Counter, fetcher: ImageFetcher) -> InferencePipeline:
-        pre = Preprocessor(counter.card, ImageLimits(self.cfg.max_image_bytes,
-                                                     self.cfg.max_image_pixels))
-        config = PipelineConfig(max_batch_size=self.cfg.max_batch_size,
-                                max_wait_s=self.cfg.max_wait_ms / 1000,
-                                decode_workers=self.cfg.decode_workers,
-                                artificial_delay_s=self.cfg.artificial_delay_s)
+    def _build_pipeline(self, counter: BinCounter, fetcher: ImageFetcher) -> InferencePipeline:
+        pre = Preprocessor(counter.card, ImageLimits.from_settings(self.cfg))
+        config = PipelineConfig.from_settings(self.cfg)
         return InferencePipeline(counter, pre, config, self._outcomes.put, fetcher=fetcher,
                                  metrics=self.metrics)
 
@@ -224,9 +217,8 @@ class Worker:
         assert item.position is not None
         if self._stop.is_set():
             return True  # left uncommitted on purpose: the next owner processes it
-        attempts = self._attempts.get(item.position, 0) + 1
-        self._attempts[item.position] = attempts
-        if attempts >= MAX_RETRYABLE_ATTEMPTS:
+        attempts = self._retries.failed(item.position)
+        if self._retries.exhausted(attempts):
             return False  # dead-letter it rather than block the partition forever
         log.warning("%s: %s; retrying (attempt %d)", item.describe(), outcome.error, attempts)
         self.pipeline.submit(WorkItem(item.position, item.event, context=item.context))
@@ -286,8 +278,8 @@ class Worker:
             self.metrics.events.labels("dead_letter").inc()
             self.metrics.dead_letters.labels(kind).inc()
         for pos in self._pending_positions:
-            self.tracker.finished(TopicPartitionKey(pos.topic, pos.partition), pos.offset)
-            self._attempts.pop(pos, None)
+            self.tracker.finished(pos.key, pos.offset)
+            self._retries.forget(pos)
         self._pending = WriteBatch()
         self._pending_positions = []
 

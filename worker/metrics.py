@@ -1,8 +1,4 @@
-"""Prometheus metrics and the health/metrics HTTP endpoint.
-
-Each process component owns a ``CollectorRegistry`` (not the global one), so several
-pipelines can live in one process (tests, the HTTP server next to a worker).
-"""
+"""The worker's own Prometheus metrics and its health/metrics HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -16,38 +12,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
 )
 
+from inference.metrics import PipelineMetrics
+
 log = logging.getLogger(__name__)
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-class PipelineMetrics:
-    """Stage latencies and batch sizes of the shared inference pipeline."""
-
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.enabled = registry is not None
-        self.registry = registry or CollectorRegistry()
-        self.batch_size = Histogram("binaudit_batch_size", "Images per forward pass",
-                                    buckets=BATCH_BUCKETS, registry=self.registry)
-        self.stage_seconds = Histogram("binaudit_stage_seconds", "Latency per pipeline stage",
-                                       ["stage"], buckets=LATENCY_BUCKETS,
-                                       registry=self.registry)
-
-    @classmethod
-    def disabled(cls) -> PipelineMetrics:
-        return cls(None)
-
-    def observe_stage(self, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(stage).observe(seconds)
-
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.stage_seconds.labels("infer").observe(seconds)
 
 
 class WorkerMetrics(PipelineMetrics):

@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True, order=True)
-class TopicPartitionKey:
-    topic: str
-    partition: int
-
-    def __str__(self) -> str:
-        return f"{self.topic}[{self.partition}]"
+from inference.positions import TopicPartitionKey
 
 
 @dataclass

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from binaudit.settings import Settings
+from core.settings import Settings
+from core.tables import metadata
 from migrations.runner import downgrade, upgrade
-from worker.db.tables import metadata
 
 pytestmark = pytest.mark.services
 

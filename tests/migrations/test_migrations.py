@@ -13,9 +13,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, func, inspect, select
 from sqlalchemy.dialects.postgresql import insert
 
-from binaudit.settings import Settings
+from core.settings import Settings
+from core.tables import audit_results, metadata
 from migrations.runner import downgrade, upgrade
-from worker.db.tables import audit_results, metadata
 
 pytestmark = pytest.mark.services
 
@@ -59,7 +59,7 @@ def test_migrations_match_tables_module(migr_settings: Settings, migr_engine: En
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True})
         diff = compare_metadata(context, metadata)
-    assert diff == [], f"migrations and worker/db/tables.py disagree: {diff}"
+    assert diff == [], f"migrations and core/tables.py disagree: {diff}"
 
 
 def test_unique_conflict_is_ignored(migr_settings: Settings, migr_engine: Engine) -> None:

@@ -36,14 +36,14 @@ from kafka.admin import NewTopic
 from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
-from binaudit.services import LocalServices, port_open
-from binaudit.settings import (
+from core.settings import (
     DatabaseSettings,
     KafkaSettings,
     S3Settings,
     ServicesSettings,
     Settings,
 )
+from devstack.services import LocalServices, port_open
 from migrations.runner import upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,10 @@ def rel_model(rel_root: Path) -> Path:
 
     import torch
 
-    from trainer.model import IMAGENET_MEAN, IMAGENET_STD, ModelCard, build_model, save_artifact
+    from core.model.architectures import build_model
+    from core.model.artifact import save_artifact
+    from core.model.card import ModelCard
+    from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     torch.manual_seed(0)
     card = ModelCard(version="rel-lite0", architecture="efficientnet_lite0",
@@ -392,7 +395,7 @@ class Harness:
         """``count`` sample events. Event ids derive from (bin, captured_at) and audit_results
         is unique per (event id, model version), so every publish of the session gets its own
         capture times: a repeated id would be (rightly) absorbed as a replay."""
-        from worker.publisher import EventPlan, PublishOptions, publish
+        from robots.publisher import EventPlan, PublishOptions, publish
 
         start = EPOCH + timedelta(days=30 * next(_PUBLISHES))
         event_plan = EventPlan(bucket=self.settings.s3.bucket, count=count, loop=count > 350,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from binaudit.services import LocalServices
-from worker.io.s3 import ensure_bucket, open_s3_client
-from worker.publisher import image_key, load_samples, upload_objects
+from core.s3 import ensure_bucket, open_s3_client
+from devstack.services import LocalServices
+from robots.publisher import image_key, load_samples, upload_objects
 
 pytestmark = [pytest.mark.reliability, pytest.mark.services, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ from schemas.events import (
     make_event_id,
     parse_s3_uri,
 )
-from schemas.records import DeadLetterRecord, ErrorKind, EventError
+from schemas.records import ErrorKind, EventError
 
 GOOD: dict[str, Any] = {
     "schema_version": 1, "bin_id": "00001", "captured_at": "2026-01-01T00:00:00Z",
@@ -175,11 +175,3 @@ def test_schema_violation_messages_name_field_and_value() -> None:
         decode_event(json.dumps({**GOOD, "expected_quantity": -3, "bin_id": ""}).encode())
     assert "expected_quantity" in str(info.value) and "-3" in str(info.value)
     assert "bin_id" in str(info.value)
-
-
-def test_dead_letter_payload_is_truncated_to_64k() -> None:
-    rec = DeadLetterRecord.from_raw(topic="t", partition=0, offset=5, key=b"\xff1",
-                                    value=b"x" * 70_000, error_kind=ErrorKind.INVALID_JSON,
-                                    message="bad")
-    assert rec.payload is not None and len(rec.payload) == 64 * 1024 and rec.payload_truncated
-    assert DeadLetterRecord.model_validate_json(rec.model_dump_json()) == rec

@@ -13,8 +13,9 @@ import pytest
 import torch
 from sqlalchemy import Engine, delete, select
 
-from trainer.model import load_artifact, read_card
-from worker.db.tables import model_versions
+from core.model.artifact import load_artifact
+from core.model.card import read_card
+from core.tables import model_versions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +96,7 @@ def test_torchrun_two_ranks_agree(tiny_manifest: Path, tiny_flags: list[str],
     out = tmp_path / "ddp"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node",
-           "2", "-m", "trainer.train", "--manifest", str(tiny_manifest), "--epochs", "2",
+           "2", "-m", "binaudit", "train", "fit", "--manifest", str(tiny_manifest), "--epochs", "2",
            "--batch-size", "8", "--lr", "0.01", "--out", str(out), "--debug-rank-metrics",
            *tiny_flags]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from binaudit.cli import app
-from binaudit.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.services
 

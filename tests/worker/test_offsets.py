@@ -1,4 +1,5 @@
-from worker.offsets import OffsetTracker, TopicPartitionKey
+from inference.positions import TopicPartitionKey
+from worker.offsets import OffsetTracker
 
 TP = TopicPartitionKey("t", 0)
 TP1 = TopicPartitionKey("t", 1)

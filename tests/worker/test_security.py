@@ -21,13 +21,14 @@ import pytest
 from kafka import KafkaProducer
 from pydantic import SecretStr
 
-from binaudit import db as binaudit_db
-from binaudit.services import LocalServices
-from binaudit.settings import DatabaseSettings, KafkaSettings, S3Settings, Settings
+from core import db as binaudit_db
+from core import producer, s3
+from core.settings import DatabaseSettings, KafkaSettings, S3Settings, Settings
+from devstack.services import LocalServices
+from robots.publisher import EventPlan, PublishOptions, publish
 from worker.app import Worker
-from worker.io import kafka_source, producer, s3
+from worker.io import kafka_source
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
-from worker.publisher import EventPlan, PublishOptions, publish
 
 pytestmark = pytest.mark.services
 
@@ -253,8 +254,8 @@ def test_nul_in_an_attacker_chosen_key_cannot_stop_the_worker() -> None:
     """Postgres text refuses NUL and psycopg2 raised ValueError for the whole batch, which
     stopped the worker on the same record at every restart. The dead letter keeps it escaped
     (end to end: tests/reliability/test_bad_input.py)."""
+    from inference.outcomes import dead_letter_record
     from schemas.records import ErrorKind, EventError
-    from worker.outcomes import dead_letter_record
 
     record = dead_letter_record(topic="t", partition=0, offset=7, key=b"evil\x00key\xff",
                                 payload=b"\x00not json", event_id=None,

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from binaudit.services import LocalServices
-from binaudit.settings import Settings
+from core.settings import Settings
+from devstack.services import LocalServices
+from robots.publisher import EventPlan, PublishOptions, PublishReport, publish
 from worker.app import Worker
-from worker.publisher import EventPlan, PublishOptions, PublishReport, publish
 
 pytestmark = pytest.mark.services
 

@@ -15,8 +15,8 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from binaudit.settings import KafkaSettings
-from worker.offsets import TopicPartitionKey
+from core.settings import KafkaSettings
+from inference.positions import TopicPartitionKey
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from binaudit.db import make_engine
-from binaudit.settings import DatabaseSettings
+from core.db import make_engine
+from core.settings import DatabaseSettings
+from core.tables import audit_results, dead_letters, discrepancies, model_versions
 from schemas.records import AuditVerdict, DeadLetterRecord, DiscrepancyRecord
-from worker.db.tables import audit_results, dead_letters, discrepancies, model_versions
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 
-from binaudit.settings import Settings
+from core.settings import Settings
 from worker.io.kafka_source import finish_forgotten_rebalance, release_parked_records
 
 pytestmark = pytest.mark.services

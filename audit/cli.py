@@ -1,0 +1,194 @@
+"""`binaudit mismatches`, `binaudit review <id>` and `binaudit review export` (glue only)."""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import io
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from typer.core import TyperGroup
+
+from audit.queries import (
+    MISMATCH_COLUMNS,
+    AuditError,
+    MismatchFilter,
+    PageRequest,
+    ReviewDecision,
+    export_reviewed,
+    list_mismatches,
+    record_review,
+)
+from audit.summary import load_summary, render
+from core.cliutil import console, settings_of
+from core.db import open_engine
+from core.timewindow import parse_time
+
+Opt = typer.Option
+# view column -> short header (the table is for people; csv/json carry every column)
+TABLE_COLUMNS = {"discrepancy_id": "id", "captured_at": "captured (UTC)", "bin_id": "bin",
+                 "station_id": "station", "expected_quantity": "exp",
+                 "predicted_quantity": "pred", "confidence": "conf", "model_version": "model",
+                 "review_state": "review", "reviewer": "reviewer"}
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class Decision(StrEnum):
+    confirmed = "confirmed"
+    dismissed = "dismissed"
+
+
+class _ReviewGroup(TyperGroup):
+    """``review <id> ...`` runs the hidden ``mark`` command; ``review export`` the export."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["mark", *args]
+        return super().parse_args(ctx, args)
+
+
+review_app = typer.Typer(cls=_ReviewGroup, no_args_is_help=True,
+                         help="Review a discrepancy (`review ID --status ...`) or export the "
+                              "reviewed ones as training data (`review export`).")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(2)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _render(rows: list[dict[str, Any]], fmt: OutputFormat, limit: int) -> None:
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=1))
+    elif fmt is OutputFormat.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=MISMATCH_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _jsonable(v) for k, v in r.items()} for r in rows)
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        table = Table(*TABLE_COLUMNS.values())
+        for r in rows:
+            table.add_row(*(_cell(r[c]) for c in TABLE_COLUMNS))
+        console.print(table)
+        if len(rows) == limit:
+            console.print(f"more: --after-id {rows[-1]['discrepancy_id']}")
+
+
+def mismatches_command(
+    ctx: typer.Context,
+    since: Annotated[str | None, Opt(help="captured_at >= this ISO time.")] = None,
+    until: Annotated[str | None, Opt(help="captured_at < this ISO time.")] = None,
+    bin_id: Annotated[str | None, Opt("--bin", help="Bin id.")] = None,
+    station: Annotated[str | None, Opt(help="Station id.")] = None,
+    status: Annotated[str | None, Opt(help="Verdict status.")] = None,
+    min_confidence: Annotated[float | None, Opt(help="confidence >= this.")] = None,
+    max_confidence: Annotated[float | None, Opt(help="confidence <= this.")] = None,
+    model_version: Annotated[str | None, Opt(help="Model version that judged.")] = None,
+    review_state: Annotated[str | None, Opt(help="open | confirmed | dismissed")] = None,
+    output: Annotated[OutputFormat, Opt("--format", help="table | csv | json")
+                      ] = OutputFormat.table,
+    limit: Annotated[int, Opt(help="Rows per page.")] = 50,
+    page: Annotated[int, Opt(help="Page number (from 1).")] = 1,
+    after_id: Annotated[int | None, Opt(help="Keyset: rows after this discrepancy id.")
+                        ] = None,
+) -> None:
+    """List mismatches (through the auditors' `mismatches` view), oldest id first."""
+    settings = settings_of(ctx)
+    try:
+        filters = MismatchFilter(
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None, bin_id=bin_id, station_id=station,
+            status=status, min_confidence=min_confidence, max_confidence=max_confidence,
+            model_version=model_version, review_state=review_state)
+        paging = PageRequest(limit=limit, page=page, after_id=after_id)
+        filters.clauses()  # validates the vocabularies before connecting
+    except (AuditError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    with open_engine(settings.db) as engine, engine.connect() as conn:
+        rows = list_mismatches(conn=conn, filters=filters, page=paging)
+    _render(rows, output, limit)
+
+
+@review_app.command("mark", hidden=True)
+def review_command(
+    ctx: typer.Context,
+    discrepancy_id: Annotated[int, typer.Argument(help="Discrepancy id (see `mismatches`).")],
+    status: Annotated[Decision, Opt(help="confirmed | dismissed")],
+    note: Annotated[str | None, Opt(help="Free text for the record.")] = None,
+    count: Annotated[int | None, Opt(help="The true count (required to confirm).")] = None,
+    reviewer: Annotated[str | None, Opt(help="Default: the OS user.")] = None,
+) -> None:
+    """Record a review: who, when (UTC), the decision and the true count."""
+    decision = ReviewDecision(state=status.value, reviewer=reviewer or getpass.getuser(),
+                              at=datetime.now(UTC), note=note, count=count)
+    try:
+        with open_engine(settings_of(ctx).db) as engine, engine.begin() as conn:
+            before, after = record_review(conn=conn, discrepancy_id=discrepancy_id,
+                                          decision=decision)
+    except AuditError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"discrepancy {discrepancy_id} (bin {after['bin_id']}): "
+               f"{before['review_state']} -> {after['review_state']} by {after['reviewer']} at "
+               f"{after['reviewed_at'].isoformat()}; true count {after['reviewed_quantity']}")
+
+
+@review_app.command("export")
+def export_command(
+    ctx: typer.Context,
+    out: Annotated[Path, Opt(help="CSV to write (id,image_path,expected_quantity,...).")],
+    images_dir: Annotated[Path | None, Opt(help="Where images go (default <out dir>/images).")
+                          ] = None,
+    download: Annotated[bool, Opt(help="Download the images (else image_path is empty and "
+                                       "the trainer uses its source folder).")] = True,
+) -> None:
+    """Reviewed discrepancies → a manifest `binaudit train prepare --labels` accepts."""
+    settings = settings_of(ctx)
+    with open_engine(settings.db) as engine, engine.connect() as conn:
+        report = export_reviewed(settings, conn=conn, out=out, images_dir=images_dir,
+                                 download=download)
+    typer.echo(f"exported {report.rows} reviewed images to {out}"
+               + (f" ({len(report.failed)} images unavailable)" if report.failed else ""))
+    typer.echo(f"next: binaudit train prepare --labels {out} --source-dir {out.parent}")
+
+
+def summary(
+    ctx: typer.Context,
+    topic: Annotated[str, typer.Option(help="Topic whose verdicts to summarise")],
+    model_version: Annotated[str | None, typer.Option(help="Only this model version")] = None,
+) -> None:
+    """Summarise verdicts for a topic: statuses, accuracy and RMSE, first mismatches."""
+    with open_engine(settings_of(ctx).db) as engine:
+        render(load_summary(engine, topic, model_version), console)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the audit room's commands on the root app."""
+    app.command("summary")(summary)
+    app.command("mismatches")(mismatches_command)
+    app.add_typer(review_app, name="review")

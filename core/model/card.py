@@ -1,0 +1,71 @@
+"""The model card (``model.json``): everything needed to rebuild and feed a trained counter."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+MODEL_FILE = "model.pt"
+CARD_FILE = "model.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact or a weights file is missing or does not match what was expected."""
+
+
+class ModelCard(BaseModel):
+    """Everything needed to rebuild and feed a trained counter (``model.json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = 1
+    version: str
+    architecture: str
+    class_counts: list[int]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    metrics: dict[str, float] = {}
+    data_fingerprint: str | None = None
+    hyperparameters: dict[str, Any] = {}
+    created_at: datetime
+    code_version: str
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware (UTC)")
+        return value.astimezone(UTC)
+
+    @field_validator("class_counts")
+    @classmethod
+    def _non_empty(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("class_counts must name at least one class")
+        return value
+
+
+def new_version(architecture: str, *, now: datetime | None = None) -> str:
+    """A unique version string, e.g. ``efficientnet_lite0-20261129T233000Z-1a2b3c``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{architecture}-{stamp}-{secrets.token_hex(3)}"
+
+
+def read_card(directory: Path) -> ModelCard:
+    """Parse and validate ``model.json`` of an artifact directory."""
+    card_path = directory / CARD_FILE
+    if not directory.is_dir():
+        raise ArtifactError(f"expected an artifact directory with {CARD_FILE} and {MODEL_FILE} "
+                            f"at {directory}, but it does not exist")
+    if not card_path.is_file():
+        raise ArtifactError(f"expected the model card {CARD_FILE} at {card_path}; not found")
+    try:
+        return ModelCard.model_validate(json.loads(card_path.read_text()))
+    except (ValueError, ValidationError) as exc:
+        raise ArtifactError(f"model card {card_path} is not a valid ModelCard: {exc}") from exc

@@ -1,0 +1,172 @@
+"""SQLAlchemy Core tables: the one MetaData that the worker writes through and that tests
+compare with what Alembic migrations create. Schema changes happen only in migrations/."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+VERDICT_STATUSES = ("match", "mismatch", "uncertain", "unsupported")
+REVIEW_STATES = ("open", "confirmed", "dismissed")
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", Text, primary_key=True),
+    Column("architecture", Text, nullable=False),
+    Column("artifact_uri", Text, nullable=False),
+    Column("card", JSONB, nullable=False),
+    Column("metrics", JSONB, nullable=True),
+    Column("registered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+audit_results = Table(
+    "audit_results",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False),
+    Column("bin_id", Text, nullable=False),
+    Column("image_uri", Text, nullable=False),
+    Column("captured_at", DateTime(timezone=True), nullable=False),
+    Column("station_id", Text, nullable=True),
+    Column("robot_id", Text, nullable=True),
+    Column("expected_quantity", Integer, nullable=False),
+    Column("predicted_quantity", Integer, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("class_probabilities", JSONB, nullable=True),
+    # Calibrated P(manifest count) and 1 - that (migration 0003); NULL: count not a class.
+    Column("p_expected", Float, nullable=True),
+    Column("discrepancy_score", Float, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("event_id", "model_version", name="uq_audit_results_event_model"),
+    CheckConstraint(
+        "status IN ('match','mismatch','uncertain','unsupported')", name="ck_audit_results_status"
+    ),
+)
+Index("ix_audit_results_captured_at", audit_results.c.captured_at)
+Index("ix_audit_results_bin_id", audit_results.c.bin_id)
+Index("ix_audit_results_model_score", audit_results.c.model_version,
+      audit_results.c.discrepancy_score.desc().nulls_last())
+
+discrepancies = Table(
+    "discrepancies",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("bin_id", Text, nullable=False),
+    Column("expected_quantity", Integer, nullable=False),
+    Column("predicted_quantity", Integer, nullable=False),
+    Column("confidence", Float, nullable=True),
+    Column("p_expected", Float, nullable=True),
+    Column("discrepancy_score", Float, nullable=True),
+    Column("review_state", Text, nullable=False, server_default="open"),
+    Column("reviewer", Text, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("reviewed_quantity", Integer, nullable=True),
+    Column("reviewed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("event_id", "model_version", name="uq_discrepancies_event_model"),
+    CheckConstraint(
+        "review_state IN ('open','confirmed','dismissed')", name="ck_discrepancies_review_state"
+    ),
+)
+# The auditors' queue: open discrepancies, highest score first, keyset-paged by id.
+Index("ix_discrepancies_open_queue", discrepancies.c.discrepancy_score.desc().nulls_last(),
+      discrepancies.c.id, postgresql_where=discrepancies.c.review_state == "open")
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("key", Text, nullable=True),
+    Column("event_id", Text, nullable=True),
+    Column("payload", LargeBinary, nullable=True),
+    Column("payload_truncated", Boolean, nullable=False, server_default="false"),
+    Column("error_kind", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_position"),
+)
+
+# ---- replay / backtest (migration 0002) ------------------------------------------------------
+BACKTEST_RUN_STATUSES = ("running", "finished", "failed")
+BACKTEST_RESULT_STATUSES = (*VERDICT_STATUSES, "error")
+
+backtest_runs = Table(
+    "backtest_runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("model_version", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    # The window as the user gave it ({"from": ..., "to": ...}) and as resolved offsets
+    # ({"<partition>": [start, end)}).
+    Column("requested_window", JSONB, nullable=False),
+    Column("resolved_offsets", JSONB, nullable=False),
+    Column("class_counts", JSONB, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("events", Integer, nullable=False, server_default="0"),
+    Column("errors", Integer, nullable=False, server_default="0"),
+    Column("status", Text, nullable=False, server_default="running"),
+    CheckConstraint("status IN ('running','finished','failed')", name="ck_backtest_runs_status"),
+)
+
+backtest_results = Table(
+    "backtest_results",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("backtest_runs.run_id", ondelete="CASCADE"),
+           nullable=False),
+    # NULL for records that never decoded into an event (unique on the position instead).
+    Column("event_id", Text, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("bin_id", Text, nullable=True),
+    Column("image_uri", Text, nullable=True),
+    Column("captured_at", DateTime(timezone=True), nullable=True),
+    Column("expected_quantity", Integer, nullable=True),
+    Column("predicted_quantity", Integer, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("class_probabilities", JSONB, nullable=True),
+    Column("p_expected", Float, nullable=True),
+    Column("discrepancy_score", Float, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("error_kind", Text, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("run_id", "event_id", name="uq_backtest_results_run_event"),
+    UniqueConstraint("run_id", "topic", "partition", "offset",
+                     name="uq_backtest_results_run_position"),
+    CheckConstraint(
+        "status IN ('match','mismatch','uncertain','unsupported','error')",
+        name="ck_backtest_results_status",
+    ),
+)

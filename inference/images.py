@@ -1,0 +1,162 @@
+"""Image fetcher: one long-lived aiobotocore client on its own event loop thread.
+
+The Kafka loop is synchronous (kafka-python), so fetches are scheduled onto a private asyncio
+loop and come back as ``concurrent.futures.Future``. A bad object (missing, empty, too big,
+bucket not allowed) fails its future with an ``EventError`` (a dead letter); an unreachable or
+failing S3 (connection errors, 5xx, throttling) is retried with backoff until it recovers or the
+fetcher stops: an infrastructure fault never becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.s3 import open_s3_client
+from core.settings import S3Settings, Settings
+from schemas.events import parse_s3_uri
+from schemas.records import ErrorKind, EventError
+
+log = logging.getLogger(__name__)
+
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled"}
+
+
+class FetcherStopped(RuntimeError):
+    """The fetcher was closed while a fetch still waited for S3 to come back."""
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    allowed_buckets: frozenset[str]
+    max_bytes: int
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchPolicy:
+        """The one policy every front end fetches with (allow-list, size limit, backoff)."""
+        w = settings.worker
+        return cls(allowed_buckets=frozenset(settings.s3.allowed_buckets),
+                   max_bytes=w.max_image_bytes, backoff_initial_s=w.retry_backoff_initial_s,
+                   backoff_max_s=w.retry_backoff_max_s)
+
+
+def check_uri(uri: str, policy: FetchPolicy) -> tuple[str, str]:
+    """Parse ``s3://bucket/key`` and enforce the bucket allow-list (pure)."""
+    try:
+        bucket, key = parse_s3_uri(uri)
+    except ValueError as exc:
+        raise EventError(ErrorKind.INVALID_IMAGE_URI, str(exc)) from exc
+    if bucket not in policy.allowed_buckets:
+        raise EventError(ErrorKind.BUCKET_NOT_ALLOWED,
+                         f"bucket {bucket!r} is not in the allow-list "
+                         f"{sorted(policy.allowed_buckets)}")
+    return bucket, key
+
+
+class ImageFetcher:
+    def __init__(self, cfg: S3Settings, policy: FetchPolicy) -> None:
+        self.cfg = cfg
+        self.policy = policy
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+        self._stopping = threading.Event()
+        self.retries = 0  # S3 infrastructure retries so far (metrics/tests)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageFetcher:
+        return cls(settings.s3, FetchPolicy.from_settings(settings))
+
+    def __enter__(self) -> ImageFetcher:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="s3-fetch",
+                                        daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=30)
+        return self
+
+    async def _open(self) -> None:
+        self._stack = AsyncExitStack()
+        self._client = await open_s3_client(self._stack, self.cfg)
+        self._sem = asyncio.Semaphore(self.cfg.max_concurrency)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._loop is None:
+            return
+        if self._stack is not None:
+            asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._loop.close()
+
+    def fetch(self, uri: str) -> concurrent.futures.Future[bytes]:
+        """Schedule a GET; the future holds the bytes or raises EventError/FetcherStopped."""
+        try:
+            bucket, key = check_uri(uri, self.policy)
+        except EventError as exc:
+            failed: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return failed
+        assert self._loop is not None, "ImageFetcher used outside its `with` block"
+        return asyncio.run_coroutine_threadsafe(self._get(bucket, key), self._loop)
+
+    async def _get(self, bucket: str, key: str) -> bytes:
+        delay = self.policy.backoff_initial_s
+        while True:
+            try:
+                return await self._get_once(bucket, key)
+            except EventError:
+                raise
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                if self._stopping.is_set():
+                    raise FetcherStopped(f"stopped while fetching s3://{bucket}/{key}") from exc
+                self.retries += 1
+                log.warning("S3 unavailable for s3://%s/%s (%s); retrying in %.1fs",
+                            bucket, key, _describe(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.policy.backoff_max_s)
+
+    async def _get_once(self, bucket: str, key: str) -> bytes:
+        assert self._sem is not None and self._client is not None
+        uri = f"s3://{bucket}/{key}"
+        async with self._sem:
+            try:
+                resp = await self._client.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in _MISSING_CODES:
+                    raise EventError(ErrorKind.MISSING_OBJECT, f"{uri} does not exist") from exc
+                if code in _DENIED_CODES:
+                    raise EventError(ErrorKind.MISSING_OBJECT, f"{uri}: access denied") from exc
+                raise
+            async with resp["Body"] as body:
+                size = int(resp.get("ContentLength") or 0)
+                if size > self.policy.max_bytes:
+                    # Never read an oversized body into memory.
+                    raise EventError(ErrorKind.OBJECT_TOO_LARGE,
+                                     f"{uri} is {size} bytes, limit {self.policy.max_bytes}")
+                data: bytes = await body.read()
+        if not data:
+            raise EventError(ErrorKind.EMPTY_OBJECT, f"{uri} is empty (0 bytes)")
+        return data
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code')}: {err.get('Message')}"
+    return f"{type(exc).__name__}: {exc}"

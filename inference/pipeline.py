@@ -1,0 +1,242 @@
+"""The in-process stages shared by the worker, replay and the HTTP endpoint:
+
+    fetch (S3, async) → decode + preprocess (thread pool) → micro-batch → infer (one thread)
+
+Stages overlap: the pool decodes batch n+1 while the model runs batch n. Each submitted item
+ends as exactly one ``Outcome`` passed to ``on_outcome`` (a prediction or an error), from a
+pipeline thread; callers hand outcomes to their own thread through a queue or a future.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.model.preprocess import Preprocessor
+from core.settings import WorkerSettings
+from inference.batching import MicroBatcher
+from inference.compare import Prediction
+from inference.counter import BinCounter
+from inference.images import FetcherStopped, ImageFetcher
+from inference.metrics import PipelineMetrics
+from inference.positions import Position
+from schemas.events import BinEvent
+from schemas.records import ErrorKind, EventError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkItem:
+    """One unit of work: an event to fetch, or image bytes already in hand (HTTP)."""
+
+    position: Position | None
+    event: BinEvent | None
+    image: bytes | None = None
+    context: Any = None  # caller's own (a Future for HTTP, the raw record for Kafka)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    def describe(self) -> str:
+        where = str(self.position) if self.position else "request"
+        return f"{where} event {self.event.event_id if self.event else '-'}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    item: WorkItem
+    prediction: Prediction | None = None
+    error: EventError | None = None
+    # Not the event's fault (model failure, stopping): the caller retries or leaves it
+    # uncommitted; never a dead letter on the first try.
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    max_batch_size: int
+    max_wait_s: float
+    decode_workers: int
+    artificial_delay_s: float = 0.0
+
+    @classmethod
+    def from_settings(cls, worker: WorkerSettings, *, max_batch_size: int | None = None,
+                      max_wait_ms: int | None = None) -> PipelineConfig:
+        """The worker's batching settings; serve passes its own (shorter) batch limits."""
+        return cls(max_batch_size=max_batch_size or worker.max_batch_size,
+                   max_wait_s=(max_wait_ms or worker.max_wait_ms) / 1000,
+                   decode_workers=worker.decode_workers,
+                   artificial_delay_s=worker.artificial_delay_s)
+
+
+class InferencePipeline:
+    def __init__(self, counter: BinCounter, preprocessor: Preprocessor, config: PipelineConfig,
+                 on_outcome: Callable[[Outcome], None], *, fetcher: ImageFetcher | None = None,
+                 metrics: PipelineMetrics | None = None) -> None:
+        self.counter = counter
+        self.preprocess = preprocessor
+        self.config = config
+        self.on_outcome = on_outcome
+        self.fetcher = fetcher
+        self.metrics = metrics or PipelineMetrics.disabled()
+        self._batcher: MicroBatcher[tuple[WorkItem, torch.Tensor]] = MicroBatcher(
+            config.max_batch_size, config.max_wait_s)
+        self._ready: collections.deque[list[tuple[WorkItem, torch.Tensor]]] = collections.deque()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._flushing = 0
+        self._stopping = False
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def __enter__(self) -> InferencePipeline:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.config.decode_workers,
+                                                           thread_name_prefix="decode")
+        self._thread = threading.Thread(target=self._batch_loop, name="infer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    # ---- submission -------------------------------------------------------------------
+    def submit(self, item: WorkItem) -> None:
+        """Start an item; its Outcome arrives later through ``on_outcome``."""
+        with self._cond:
+            self._in_flight += 1
+        if item.image is not None:
+            self._decode_async(item, item.image)
+            return
+        if item.event is None or self.fetcher is None:
+            self._finish(Outcome(item, error=EventError(ErrorKind.SCHEMA_VIOLATION,
+                                                        "no image and no event to fetch")))
+            return
+        started = time.perf_counter()
+        future = self.fetcher.fetch(item.event.image_uri)
+        future.add_done_callback(lambda f: self._fetched(item, f, started))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Close partial batches at once and wait until nothing is in flight."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._in_flight:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(timeout=remaining if remaining is not None else 0.5)
+                return True
+            finally:
+                self._flushing -= 1
+
+    # ---- stages -----------------------------------------------------------------------
+    def _fetched(self, item: WorkItem, future: concurrent.futures.Future[bytes],
+                 started: float) -> None:
+        try:
+            data = future.result()
+        except EventError as exc:
+            self._finish(Outcome(item, error=exc))
+            return
+        except FetcherStopped as exc:
+            self._finish(Outcome(item, error=EventError(ErrorKind.SHUTTING_DOWN, str(exc)),
+                                 retryable=True))
+            return
+        self.metrics.observe_stage("fetch", time.perf_counter() - started)
+        self._decode_async(item, data)
+
+    def _decode_async(self, item: WorkItem, data: bytes) -> None:
+        assert self._pool is not None, "pipeline used outside its `with` block"
+        try:
+            self._pool.submit(self._decode, item, data)
+        except RuntimeError:  # pool shut down during stop: the item stays uncommitted
+            self._finish(Outcome(item, error=EventError(ErrorKind.SHUTTING_DOWN, "stopping"),
+                                 retryable=True))
+
+    def _decode(self, item: WorkItem, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            tensor = self.preprocess(data)
+        except EventError as exc:
+            self._finish(Outcome(item, error=exc))
+            return
+        except Exception as exc:  # a decoder bug must not kill the pool thread
+            log.exception("%s: unexpected decode failure", item.describe())
+            self._finish(Outcome(item, error=EventError(ErrorKind.DECODE_ERROR, repr(exc))))
+            return
+        self.metrics.observe_stage("decode", time.perf_counter() - started)
+        with self._cond:
+            closed = self._batcher.add((item, tensor), time.monotonic())
+            if closed:
+                self._ready.append(closed)
+            self._cond.notify_all()
+
+    def _next_batch(self) -> list[tuple[WorkItem, torch.Tensor]] | None:
+        """Block until a batch is due (full, past its deadline, or draining)."""
+        with self._cond:
+            while True:
+                if self._ready:
+                    return self._ready.popleft()
+                batch = self._batcher.poll(time.monotonic())
+                if batch is None and (self._flushing or self._stopping):
+                    batch = self._batcher.flush()
+                if batch:
+                    return batch
+                if self._stopping:
+                    return None
+                deadline = self._batcher.deadline()
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._cond.wait(timeout=wait if wait is not None else 0.5)
+
+    def _batch_loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[WorkItem, torch.Tensor]]) -> None:
+        started = time.perf_counter()
+        items = [item for item, _ in batch]
+        try:
+            predictions = self.counter.infer(torch.stack([t for _, t in batch]))
+        except Exception as exc:  # an inference failure is the model's, not the events'
+            log.exception("inference failed for a batch of %d (first %s)", len(items),
+                          items[0].describe())
+            for item in items:
+                self._finish(Outcome(item, error=EventError(ErrorKind.MODEL_ERROR,
+                                                            f"inference failed: {exc!r}"),
+                                     retryable=True))
+            return
+        if self.config.artificial_delay_s:
+            time.sleep(self.config.artificial_delay_s)
+        self.metrics.observe_batch(len(items), time.perf_counter() - started)
+        for item, prediction in zip(items, predictions, strict=True):
+            self._finish(Outcome(item, prediction=prediction))
+
+    def _finish(self, outcome: Outcome) -> None:
+        """Deliver exactly one outcome per submitted item."""
+        try:
+            self.on_outcome(outcome)
+        except Exception:
+            log.exception("%s: outcome handler failed", outcome.item.describe())
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()

@@ -1,0 +1,341 @@
+"""`binaudit replay`: backtest a candidate model on recorded Kafka traffic.
+
+A bounded window of a topic is read by a group-less consumer (``assign`` + ``seek``), so no
+consumer group is joined and the production group's committed offsets are never touched. Each
+record goes through the worker's own stages (``InferencePipeline``: ImageFetcher → Preprocessor
+→ micro-batch → BinCounter) and verdict logic (``inference.outcomes``), and becomes exactly one
+``backtest_results`` row: a verdict, or an error (``error_kind`` set; never a dead letter).
+Nothing is written to ``audit_results``. Rows are idempotent on (run_id, event_id) and on
+(run_id, position), so re-running a run id adds no rows; the run row is upserted.
+
+The window is resolved to offsets first (``core.timewindow``); records inside those
+offsets whose timestamp still falls outside a time window (a robot clock going backwards) are
+skipped, not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from tqdm import tqdm
+
+from core.db import open_engine
+from core.model.card import ModelCard
+from core.model.preprocess import ImageLimits, Preprocessor
+from core.settings import KafkaSettings, Settings
+from core.tables import backtest_results, backtest_runs
+from core.timewindow import Bounds, WindowRequest, derive_run_id, ms, resolve_bounds
+from inference.compare import Prediction
+from inference.counter import BinCounter
+from inference.images import ImageFetcher
+from inference.outcomes import verdict_records
+from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
+from inference.positions import Position
+from inference.retries import RetryBudget
+from schemas.events import BinEvent, decode_event
+from schemas.records import ErrorKind, EventError
+
+log = logging.getLogger(__name__)
+
+class ReplayError(RuntimeError):
+    """The replay cannot start or continue (unknown topic, run id of another model...)."""
+
+
+def result_row(run_id: str, position: Position, *, event: BinEvent | None,
+               prediction: Prediction | None = None, error: EventError | None = None,
+               card: ModelCard, uncertain_threshold: float) -> dict[str, Any]:
+    """One backtest_results row (every key always present, for executemany)."""
+    row: dict[str, Any] = {
+        "run_id": run_id, "event_id": event.event_id if event else None,
+        "topic": position.topic, "partition": position.partition, "offset": position.offset,
+        "bin_id": event.bin_id if event else None,
+        "image_uri": event.image_uri if event else None,
+        "captured_at": event.captured_at if event else None,
+        "expected_quantity": event.expected_quantity if event else None,
+        "predicted_quantity": None, "confidence": None, "status": "error",
+        "error_kind": None, "error_message": None,
+    }
+    if prediction is not None and event is not None:
+        verdict, _ = verdict_records(
+            event=event, topic=position.topic, partition=position.partition,
+            offset=position.offset, prediction=prediction, model_version=card.version,
+            supported_counts=card.class_counts, uncertain_threshold=uncertain_threshold)
+        row |= {"predicted_quantity": verdict.predicted_quantity,
+                "confidence": verdict.confidence, "status": verdict.status.value}
+    else:
+        failure = error or EventError(ErrorKind.DECODE_ERROR, "no prediction")
+        row |= {"error_kind": failure.kind.value, "error_message": str(failure)[:2000]}
+    return row
+
+
+# ---- Kafka (group-less) -------------------------------------------------------------------------
+
+class ReplaySource:
+    """A consumer without a group: ``assign`` + ``seek`` over fixed bounds, commits nothing."""
+
+    def __init__(self, cfg: KafkaSettings, topic: str) -> None:
+        self.cfg = cfg
+        self.topic = topic
+        self._consumer: KafkaConsumer | None = None
+        self._stops: dict[TopicPartition, int] = {}
+        self._remaining: set[TopicPartition] = set()
+
+    def __enter__(self) -> ReplaySource:
+        self._consumer = KafkaConsumer(**self.cfg.consumer_kwargs(
+            group_id=None, client_id=f"{self.cfg.client_id}-replay",
+            allow_auto_create_topics=False))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        assert self._consumer is not None, "ReplaySource used outside its `with` block"
+        return self._consumer
+
+    def resolve(self, request: WindowRequest) -> Bounds:
+        partitions = self.consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise ReplayError(f"topic {self.topic!r} does not exist or has no partitions")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        beginning = {tp.partition: o for tp, o in self.consumer.beginning_offsets(tps).items()}
+        end = {tp.partition: o for tp, o in self.consumer.end_offsets(tps).items()}
+        return resolve_bounds(request, beginning=beginning, end=end,
+                              start_at_time=self._offsets_at(tps, request.from_time),
+                              stop_at_time=self._offsets_at(tps, request.to_time))
+
+    def _offsets_at(self, tps: list[TopicPartition], moment: datetime | None
+                    ) -> dict[int, int | None]:
+        if moment is None:
+            return {}
+        found = self.consumer.offsets_for_times({tp: ms(moment) for tp in tps})
+        return {tp.partition: (hit.offset if hit is not None else None)
+                for tp, hit in found.items()}
+
+    def start(self, bounds: Bounds) -> None:
+        self._stops = {TopicPartition(self.topic, p): stop for p, (start, stop) in bounds.items()
+                       if stop > start}
+        self._remaining = set(self._stops)
+        if not self._stops:
+            return  # an empty window: nothing to assign
+        self.consumer.assign(list(self._stops))
+        for tp in self._stops:
+            self.consumer.seek(tp, bounds[tp.partition][0])
+
+    @property
+    def done(self) -> bool:
+        return not self._remaining
+
+    def poll(self, max_records: int, timeout_ms: int = 100) -> list[Any]:
+        """Records below each partition's stop; a partition that reached it is paused."""
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = [r for tp, rs in batches.items() for r in rs if r.offset < self._stops[tp]]
+        for tp in list(self._remaining):
+            if self.consumer.position(tp) >= self._stops[tp]:
+                self.consumer.pause(tp)
+                self._remaining.discard(tp)
+        return records
+
+
+# ---- Postgres --------------------------------------------------------------------------------
+
+def start_run(engine: Engine, *, run_id: str, model_version: str, topic: str,
+              request: WindowRequest, bounds: Bounds, class_counts: list[int]) -> None:
+    """Insert the run row, or reopen it when the same model re-runs the same run id."""
+    stmt = insert(backtest_runs).values(
+        run_id=run_id, model_version=model_version, topic=topic,
+        requested_window=request.as_json(),
+        resolved_offsets={str(p): list(b) for p, b in sorted(bounds.items())},
+        class_counts=class_counts, started_at=datetime.now(UTC), status="running")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={"resolved_offsets": stmt.excluded.resolved_offsets,
+              "started_at": stmt.excluded.started_at, "finished_at": None, "status": "running"},
+        where=(backtest_runs.c.model_version == stmt.excluded.model_version)
+        & (backtest_runs.c.topic == stmt.excluded.topic))
+    with engine.begin() as conn:
+        if conn.execute(stmt).rowcount == 0:
+            raise ReplayError(f"run id {run_id!r} already belongs to another model or topic")
+
+
+def write_rows(engine: Engine, rows: list[dict[str, Any]]) -> int:
+    """Insert result rows (duplicates ignored); the number actually added."""
+    if not rows:
+        return 0
+    stmt = insert(backtest_results).on_conflict_do_nothing().returning(backtest_results.c.id)
+    with engine.begin() as conn:
+        return len(conn.execute(stmt, rows).all())
+
+
+def finish_run(engine: Engine, run_id: str, *, status: str) -> tuple[int, int]:
+    """Close the run; its events/errors are counted from its rows. Returns (events, errors)."""
+    rows = backtest_results.c
+    events = select(func.count()).where(rows.run_id == run_id).scalar_subquery()
+    errors = select(func.count()).where(rows.run_id == run_id,
+                                        rows.status == "error").scalar_subquery()
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(backtest_runs).where(backtest_runs.c.run_id == run_id)
+            .values(finished_at=datetime.now(UTC), status=status, events=events, errors=errors)
+            .returning(backtest_runs.c.events, backtest_runs.c.errors)).one()
+    return int(done.events), int(done.errors)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    topic: str
+    window: WindowRequest
+    model_path: Path
+    run_id: str | None = None
+    progress: bool = True
+    write_every: int = 64
+
+
+@dataclass
+class ReplaySummary:
+    run_id: str
+    model_version: str
+    bounds: Bounds
+    events: int = 0  # rows of the run (all runs of this id together)
+    errors: int = 0
+    added: int = 0  # rows this invocation added (0 on a re-run)
+    skipped: int = 0  # records inside the offsets but outside the time window
+    seconds: float = 0.0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+class Replay:
+    """One backtest run; ``run()`` returns when every record of the window has a row."""
+
+    def __init__(self, settings: Settings, options: ReplayOptions, *,
+                 counter: BinCounter | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self._counter = counter
+        self._outcomes: queue.Queue[Outcome] = queue.Queue()
+        self._retries = RetryBudget()
+
+    def run(self) -> ReplaySummary:
+        started = time.monotonic()
+        cfg = self.settings.worker
+        counter = self._counter or BinCounter.from_artifact(self.options.model_path, cfg.device)
+        with ExitStack() as stack:
+            engine = stack.enter_context(open_engine(self.settings.db, pool_pre_ping=True))
+            source = stack.enter_context(ReplaySource(self.settings.kafka, self.options.topic))
+            bounds = source.resolve(self.options.window)
+            run_id = self.options.run_id or derive_run_id(counter.version, self.options.topic,
+                                                          self.options.window)
+            summary = ReplaySummary(run_id, counter.version, bounds)
+            start_run(engine, run_id=run_id, model_version=counter.version,
+                      topic=self.options.topic, request=self.options.window, bounds=bounds,
+                      class_counts=list(counter.card.class_counts))
+            log.info("replay %s: model %s on %s, offsets %s", run_id, counter.version,
+                     self.options.topic, {p: list(b) for p, b in bounds.items()})
+            try:
+                fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
+                pipeline = stack.enter_context(InferencePipeline(
+                    counter, Preprocessor(counter.card, ImageLimits.from_settings(cfg)),
+                    PipelineConfig.from_settings(cfg),
+                    self._outcomes.put, fetcher=fetcher))
+                self._consume(source, pipeline, engine, counter.card, bounds, summary)
+            except BaseException:
+                try:
+                    finish_run(engine, run_id, status="failed")
+                except Exception:  # keep the original error; the run row stays "running"
+                    log.exception("replay %s: could not mark the run failed", run_id)
+                raise
+            summary.events, summary.errors = finish_run(engine, run_id, status="finished")
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _consume(self, source: ReplaySource, pipeline: InferencePipeline, engine: Engine,
+                 card: ModelCard, bounds: Bounds, summary: ReplaySummary) -> None:
+        cfg = self.settings.worker
+        window = self.options.window
+        rows: list[dict[str, Any]] = []
+        last_write = time.monotonic()
+
+        def row(position: Position, event: BinEvent | None, **kw: Any) -> None:
+            rows.append(result_row(summary.run_id, position, event=event, card=card,
+                                   uncertain_threshold=cfg.uncertain_threshold, **kw))
+            status = rows[-1]["status"]
+            summary.by_status[status] = summary.by_status.get(status, 0) + 1
+            bar.update(1)
+
+        total = sum(stop - start for start, stop in bounds.values())
+        bar = tqdm(total=total, unit="ev", desc=f"replay {self.options.topic}",
+                   disable=not self.options.progress)
+        source.start(bounds)
+        try:
+            while True:
+                self._collect(pipeline, row)
+                if rows and (len(rows) >= self.options.write_every
+                             or time.monotonic() - last_write > 1.0):
+                    summary.added += write_rows(engine, rows)
+                    rows.clear()
+                    last_write = time.monotonic()
+                if source.done:
+                    if pipeline.in_flight == 0 and self._outcomes.empty():
+                        break
+                    pipeline.drain(timeout=0.2)
+                    continue
+                room = min(cfg.poll_max_records, cfg.max_in_flight - pipeline.in_flight)
+                if room <= 0:
+                    time.sleep(0.02)
+                    continue
+                for record in source.poll(room):
+                    position = Position(record.topic, record.partition, record.offset)
+                    if not window.contains(record.timestamp):
+                        summary.skipped += 1
+                        bar.update(1)
+                        continue
+                    try:
+                        event = decode_event(record.value or b"",
+                                             max_bytes=self.settings.kafka.max_message_bytes)
+                    except EventError as exc:
+                        log.info("%s: not an event (%s): %s", position, exc.kind, exc)
+                        row(position, None, error=exc)
+                        continue
+                    pipeline.submit(WorkItem(position, event))
+            summary.added += write_rows(engine, rows)
+        finally:
+            bar.close()
+
+    def _collect(self, pipeline: InferencePipeline, row: Any) -> None:
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return
+            item = outcome.item
+            assert item.position is not None
+            retry = outcome.retryable and not self._retries.exhausted(
+                self._retries.failed(item.position))
+            if retry:
+                pipeline.submit(WorkItem(item.position, item.event))
+                continue
+            if outcome.error is not None:
+                log.info("%s: counted as an error (%s): %s", item.describe(),
+                         outcome.error.kind, outcome.error)
+            row(item.position, item.event, prediction=outcome.prediction, error=outcome.error)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+Opt = typer.Option
+

@@ -1,0 +1,343 @@
+"""`binaudit serve`: the model as a SageMaker-compatible real-time endpoint.
+
+SageMaker's inference-container contract (bring your own container): the image is run as
+``serve``, answers ``GET /ping`` (200 = healthy) and ``POST /invocations`` on port 8080, with
+the model unpacked under /opt/ml/model (the Dockerfile points ``BINAUDIT_WORKER__MODEL_PATH``
+there). The request/response contract is in ``serve/app.py``.
+
+One process, one model, one async front end: every request becomes a ``WorkItem`` of the same
+``InferencePipeline`` the Kafka worker uses (fetch → decode → micro-batch → infer), so
+concurrent requests share forward passes. There is no ``--workers``: scale out by running more
+containers behind the endpoint (SageMaker instance count, or replicas behind a load balancer).
+
+Start-up: the HTTP listener comes up first and ``/ping`` answers 503 while the model loads and
+warms up in a background thread; 200 after. SIGTERM/SIGINT: ``/ping`` turns 503, the listener
+closes, requests in flight are answered (within ``serve.shutdown_grace_s``), the pipeline
+drains, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from datetime import UTC, datetime
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from core.model.preprocess import ImageLimits, Preprocessor
+from core.settings import Settings
+from inference.compare import Prediction, decide
+from inference.counter import BinCounter
+from inference.images import ImageFetcher
+from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
+from schemas.records import EventError
+from serve.app import (
+    HttpError,
+    HttpKind,
+    RequestKind,
+    ServeMetrics,
+    classify,
+    event_body,
+    http_error,
+    parse_event_request,
+    prediction_body,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Health checks and scrapes are frequent: logged at DEBUG, everything else at INFO.
+_QUIET_ROUTES = frozenset({"/ping", "/metrics"})
+
+
+class ModelServer:
+    """The aiohttp application around one BinCounter and one InferencePipeline.
+
+    ``load_counter`` is how the model is obtained (default: the artifact at
+    ``settings.worker.model_path`` on ``settings.worker.device``); it runs in a thread after
+    the listener is up.
+    """
+
+    def __init__(self, settings: Settings, *, load_counter: Callable[[], BinCounter] | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.serve
+        self.metrics = ServeMetrics(registry or CollectorRegistry())
+        self._load_counter = load_counter or self._counter_from_settings
+        self._stack = ExitStack()
+        self._counter: BinCounter | None = None
+        self._pipeline: InferencePipeline | None = None
+        self._ready = False
+        self._stopping = False
+        self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self.loading: asyncio.Task[None] | None = None
+        self.app = self._build_app()
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        # client_max_size makes aiohttp refuse a larger body (chunked ones included).
+        app = web.Application(client_max_size=self.cfg.max_body_bytes,
+                              middlewares=[self._observe])
+        app.router.add_get("/ping", self._ping)
+        app.router.add_post("/invocations", self._invocations)
+        app.router.add_get("/metrics", self._metrics)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        """Listen (model loading starts in the background); return the bound port."""
+        self._runner = web.AppRunner(self.app, access_log=None,
+                                     shutdown_timeout=self.cfg.shutdown_grace_s)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host if host is not None else self.cfg.host,
+                           port if port is not None else self.cfg.port)
+        await site.start()
+        bound = int(self._runner.addresses[0][1])
+        log.info("serving on %s:%d (/ping, /invocations, /metrics); loading the model",
+                 host or self.cfg.host, bound)
+        return bound
+
+    async def stop(self) -> None:
+        """Graceful: stop listening, answer requests in flight, drain and close the pipeline."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.loading = asyncio.create_task(self._load(), name="load-model")
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._load_blocking)
+        except Exception:
+            log.exception("model failed to load: /ping stays 503")
+            raise
+        if self._stopping:  # SIGTERM arrived while loading: never turn healthy
+            return
+        self._ready = True
+        self.metrics.ready.set(1)
+        assert self._counter is not None
+        log.info("model %s ready after %.2fs", self._counter.version,
+                 time.perf_counter() - started)
+
+    def _load_blocking(self) -> None:
+        counter = self._load_counter()
+        warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
+        log.info("model %s warmed up in %.2fs", counter.version, warm)
+        w = self.settings.worker
+        pre = Preprocessor(counter.card, ImageLimits.from_settings(w))
+        fetcher = self._stack.enter_context(ImageFetcher.from_settings(self.settings))
+        config = PipelineConfig.from_settings(w, max_batch_size=self.cfg.max_batch_size,
+                                              max_wait_ms=self.cfg.max_wait_ms)
+        self._pipeline = self._stack.enter_context(InferencePipeline(
+            counter, pre, config, self._on_outcome, fetcher=fetcher, metrics=self.metrics))
+        self._counter = counter
+
+    def _counter_from_settings(self) -> BinCounter:
+        worker_cfg = self.settings.worker
+        return BinCounter.from_artifact(worker_cfg.model_path, worker_cfg.device)
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        # The listener is closed already; handlers in flight still get their answers.
+        log.info("shutting down: %d requests in flight", self._in_flight)
+        self._stopping = True
+        self._ready = False
+        self.metrics.ready.set(0)
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        if self.loading is not None and not self.loading.done():
+            await asyncio.wait([self.loading])  # a thread cannot be cancelled: let it finish
+        await asyncio.to_thread(self._close_blocking)
+        log.info("server stopped")
+
+    def _close_blocking(self) -> None:
+        if self._pipeline is not None and not self._pipeline.drain(self.cfg.shutdown_grace_s):
+            log.warning("pipeline still busy after %.1fs; closing anyway",
+                        self.cfg.shutdown_grace_s)
+        self._stack.close()
+
+    # ---- pipeline → event loop --------------------------------------------------------
+    def _on_outcome(self, outcome: Outcome) -> None:
+        """Called from a pipeline thread: settle the request's future on the loop."""
+        future = outcome.item.context
+        assert self._loop is not None and isinstance(future, asyncio.Future)
+        try:
+            self._loop.call_soon_threadsafe(_settle, future, outcome)
+        except RuntimeError:  # the loop is closed: nobody waits for this answer any more
+            log.debug("outcome after the event loop closed: dropped")
+
+    async def _run(self, item: WorkItem) -> Outcome:
+        assert self._loop is not None and self._pipeline is not None
+        future: asyncio.Future[Outcome] = self._loop.create_future()
+        item.context = future
+        self._pipeline.submit(item)
+        try:
+            return await asyncio.wait_for(future, self.cfg.request_timeout_s)
+        except TimeoutError as exc:
+            # The item still finishes in the pipeline; _settle ignores the cancelled future.
+            raise HttpError(504, HttpKind.TIMEOUT,
+                            f"no answer within {self.cfg.request_timeout_s}s") from exc
+
+    # ---- routes -----------------------------------------------------------------------
+    async def _ping(self, _request: web.Request) -> web.Response:
+        if not self._ready:
+            raise HttpError(503, HttpKind.NOT_READY, "model is loading (or server stopping)",
+                            retry_after_s=5)
+        return web.json_response({"status": "ok"})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _invocations(self, request: web.Request) -> web.Response:
+        if not self._ready:
+            raise HttpError(503, HttpKind.NOT_READY, "model is not loaded yet",
+                            retry_after_s=5)
+        kind = classify(request.headers.get("Content-Type", ""))
+        if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
+            raise _too_large(request.content_length, self.cfg.max_body_bytes)
+        if self._in_flight >= self.cfg.max_queue:
+            raise HttpError(503, HttpKind.OVERLOADED,
+                            f"{self._in_flight} requests in flight (max_queue "
+                            f"{self.cfg.max_queue}); retry later", retry_after_s=1)
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        try:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise _too_large(None, self.cfg.max_body_bytes) from exc
+            if kind is RequestKind.IMAGE:
+                return await self._predict_image(body)
+            return await self._predict_event(body)
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+
+    async def _predict_image(self, body: bytes) -> web.Response:
+        outcome = await self._run(WorkItem(None, None, image=body))
+        prediction = _prediction_or_raise(outcome, from_s3=False)
+        counter = self._model()
+        return web.json_response(prediction_body(
+            prediction, model_version=counter.version, class_counts=counter.card.class_counts))
+
+    async def _predict_event(self, body: bytes) -> web.Response:
+        try:
+            request = parse_event_request(body, now=datetime.now(UTC))
+        except EventError as exc:
+            raise http_error(exc, from_s3=False) from exc
+        outcome = await self._run(WorkItem(None, request.event))
+        prediction = _prediction_or_raise(outcome, from_s3=True)
+        counter = self._model()
+        # The worker's own rule and threshold: the endpoint and the stream never disagree.
+        verdict = decide(predicted=prediction.count, confidence=prediction.confidence,
+                         expected=request.event.expected_quantity,
+                         supported_counts=counter.card.class_counts,
+                         uncertain_threshold=self.settings.worker.uncertain_threshold)
+        return web.json_response(event_body(prediction, request, verdict,
+                                            model_version=counter.version,
+                                            class_counts=counter.card.class_counts))
+
+    def _model(self) -> BinCounter:
+        assert self._counter is not None
+        return self._counter
+
+    # ---- every request: errors as JSON, latency metric, one log line ------------------
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        kind = "-"
+        try:
+            response: web.StreamResponse = await handler(request)
+        except HttpError as exc:
+            response, kind = _error_response(exc), exc.kind
+        except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
+            err = _from_aiohttp(exc)
+            response, kind = _error_response(err), err.kind
+        except Exception as exc:
+            log.exception("%s %s: unexpected failure", request.method, request.path)
+            response, kind = _error_response(HttpError(
+                500, HttpKind.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")), \
+                HttpKind.INTERNAL_ERROR
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        self.metrics.request_seconds.labels(route, request.method,
+                                            str(response.status)).observe(elapsed)
+        if kind != "-":
+            self.metrics.rejections.labels(kind).inc()
+        quiet = route in _QUIET_ROUTES and kind != HttpKind.INTERNAL_ERROR
+        level = logging.DEBUG if quiet else logging.INFO
+        log.log(level, "http method=%s path=%s status=%d kind=%s bytes_in=%s ms=%.1f",
+                request.method, request.path, response.status, kind,
+                request.content_length if request.content_length is not None else "-",
+                elapsed * 1000)
+        return response
+
+
+def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():  # timed out or cancelled meanwhile
+        future.set_result(outcome)
+
+
+def _prediction_or_raise(outcome: Outcome, *, from_s3: bool) -> Prediction:
+    if outcome.prediction is not None:
+        return outcome.prediction
+    assert outcome.error is not None
+    if outcome.retryable:
+        raise HttpError(503, HttpKind.UNAVAILABLE, str(outcome.error), retry_after_s=1)
+    raise http_error(outcome.error, from_s3=from_s3)
+
+
+def _too_large(size: int | None, limit: int) -> HttpError:
+    what = f"{size} bytes" if size is not None else "larger"
+    return HttpError(413, HttpKind.PAYLOAD_TOO_LARGE, f"body is {what}; limit {limit} bytes")
+
+
+def _from_aiohttp(exc: web.HTTPException) -> HttpError:
+    kinds = {404: HttpKind.NOT_FOUND, 405: HttpKind.METHOD_NOT_ALLOWED,
+             413: HttpKind.PAYLOAD_TOO_LARGE}
+    return HttpError(exc.status, kinds.get(exc.status, f"http_{exc.status}"), exc.reason)
+
+
+def _error_response(err: HttpError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=err.headers())
+
+
+async def run_server(server: ModelServer) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully. Raises if the model fails."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    assert server.loading is not None
+    stopping = asyncio.create_task(stop.wait())
+    # Wait for a signal; a model that fails to load ends the server too (exit non-zero).
+    await asyncio.wait({stopping, server.loading}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        if server.loading.exception() is None:
+            await stopping
+        else:
+            stopping.cancel()
+    failed = server.loading.done() and server.loading.exception() is not None
+    log.info("%s: stopping", "model failed to load" if failed else "signal received")
+    await server.stop()
+    if failed:
+        server.loading.result()  # re-raise the loading error for the caller
+
