@@ -6,9 +6,9 @@ import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
@@ -18,18 +18,59 @@ class ArtifactError(RuntimeError):
     """An artifact or a weights file is missing or does not match what was expected."""
 
 
+class Calibration(BaseModel):
+    """Temperature scaling fitted on the validation split: p = softmax(logits / temperature).
+
+    Expected calibration error (ECE, 15 equal-width bins of the top probability) before and
+    after, on that split. A card without it means temperature 1 (uncalibrated softmax).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(1.0, gt=0)
+    ece_before: float | None = None
+    ece_after: float | None = None
+    fitted_on: str = "validation"
+
+
+class DecisionPolicy(BaseModel):
+    """Selective verdicts from the calibrated probability of the manifest's count ``p``:
+    ``mismatch`` when ``1 - p >= mismatch_min_score``, ``match`` when ``p >= match_min_p``,
+    ``uncertain`` otherwise. Chosen by the trainer on validation for a target false-alarm rate
+    (share of correct manifests flagged mismatch); settings may override each threshold.
+
+    A card without one gets these defaults: a mismatch needs P(manifest count) <= 0.05 and a
+    match needs P(manifest count) >= 0.5.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match_min_p: float = Field(0.5, ge=0, le=1)
+    mismatch_min_score: float = Field(0.95, ge=0, le=1)
+    target_false_alarm_rate: float | None = None
+    # What the trainer measured for these thresholds on the split it chose them on.
+    measured: dict[str, float] = {}
+    chosen_on: str | None = None
+
+
 class ModelCard(BaseModel):
     """Everything needed to rebuild and feed a trained counter (``model.json``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format_version: int = 1
+    format_version: int = 2
     version: str
     architecture: str
     class_counts: list[int]
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # How JPEGs are decoded before the resize: "full" decodes every pixel, "draft" lets
+    # libjpeg downscale in the DCT domain (faster). Training and inference use the same policy
+    # (core.model.preprocess); cards from format 1 were trained on full decodes.
+    decode: Literal["full", "draft"] = "full"
+    calibration: Calibration = Calibration()
+    decision: DecisionPolicy = DecisionPolicy()
     metrics: dict[str, float] = {}
     data_fingerprint: str | None = None
     hyperparameters: dict[str, Any] = {}

@@ -50,10 +50,12 @@ def eval_transform(card: ModelCard) -> Callable[[PIL.Image.Image], torch.Tensor]
 class Preprocessor:
     """Bytes → normalised CHW float tensor, or an EventError naming what is wrong."""
 
-    def __init__(self, card: ModelCard, limits: ImageLimits, *, jpeg_draft: bool = True) -> None:
+    def __init__(self, card: ModelCard, limits: ImageLimits, *,
+                 jpeg_draft: bool | None = None) -> None:
         self.card = card
         self.limits = limits
-        self.jpeg_draft = jpeg_draft
+        # The card's policy unless a benchmark asks for the other one explicitly.
+        self.jpeg_draft = card.decode == "draft" if jpeg_draft is None else jpeg_draft
         self._transform: Callable[[Image.Image], torch.Tensor] = eval_transform(card)
 
     def __call__(self, data: bytes) -> torch.Tensor:
