@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
+BackendName = Literal["auto", "eager", "compiled", "onnxruntime", "openvino",
+                      "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"]
+
 
 class KafkaSettings(BaseModel):
     model_config = _FROZEN
@@ -130,8 +133,20 @@ class WorkerSettings(BaseModel):
 
     model_path: Path = Path("artifacts/models/current")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_batch_size: int = Field(16, ge=1, le=1024)
-    max_wait_ms: int = Field(50, ge=1)
+    # Inference backend (inference/backends/): "auto" measures the device's candidates at
+    # start-up (cached per artifact and device) and keeps the fastest; a name pins one.
+    backend: BackendName = "auto"
+    # None: the autotuned batch size (16 where nothing is tuned); a number pins it.
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
+    # None: one forward pass of the chosen batch (50 ms where nothing is tuned).
+    max_wait_ms: int | None = Field(None, ge=1)
+    # What autotuning tries; empty = the device's defaults (inference/backends/registry.py).
+    tune_backends: tuple[BackendName, ...] = ()
+    tune_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    # Timed seconds per (backend, batch size) candidate, after one warm-up forward.
+    tune_seconds: float = Field(1.0, gt=0)
+    # Tuning results, exported/compiled forms missing from the artifact, compile caches.
+    inference_cache_dir: Path = Path.home() / ".cache" / "binaudit" / "inference"
     # Bounded queues: events fetched/decoded but not yet written. Full => pause partitions.
     max_in_flight: int = Field(256, ge=1)
     decode_workers: int = Field(2, ge=1)
@@ -162,7 +177,8 @@ class ServeSettings(BaseModel):
     # Requests admitted and not yet answered; one more gets 503 + Retry-After.
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    max_batch_size: int = Field(16, ge=1, le=1024)
+    # None: the autotuned batch size (see worker.max_batch_size); a number pins it.
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
     # Shorter than the worker's: a caller is waiting on each request.
     max_wait_ms: int = Field(10, ge=1)
     # SIGTERM: stop accepting, answer what is in flight within this deadline, then exit.

@@ -12,6 +12,14 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """The batch size and deadline chosen for a backend (inference/autotune.py)."""
+
+    max_batch_size: int
+    max_wait_ms: int
+
+
 @dataclass
 class MicroBatcher(Generic[T]):
     max_size: int

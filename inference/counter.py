@@ -11,13 +11,20 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from torch import nn
 
 from core.model.artifact import load_artifact
 from core.model.card import ModelCard
+from inference.backends import Backend
+from inference.backends.torch_backends import EagerBackend
+from inference.batching import BatchPlan
 from inference.compare import Prediction, prediction_from_probs
+
+if TYPE_CHECKING:
+    from inference.autotune import TuneResult
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +40,25 @@ def resolve_device(requested: Device) -> torch.device:
 
 
 class BinCounter:
-    """An artifact loaded for inference on one device."""
+    """An artifact loaded for inference on one device, through one backend.
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard, device: torch.device,
-                 *, channels_last: bool | None = None) -> None:
+    ``model`` is an ``nn.Module`` (run eagerly: the reference backend) or a ready
+    :class:`~inference.backends.Backend`; ``plan`` is the batch size and deadline chosen for
+    it by autotuning (inference/autotune.py), or None when nothing was tuned.
+    """
+
+    def __init__(self, model: nn.Module | Backend, card: ModelCard,
+                 device: torch.device | None = None, *, channels_last: bool | None = None,
+                 plan: BatchPlan | None = None, tuning: TuneResult | None = None) -> None:
         self.card = card
-        self.device = device
-        self.is_cuda = device.type == "cuda"
-        # channels_last won on both devices in bench/ (CPU: 1.27x fp32 NCHW for B4 at batch 16).
-        self.channels_last = True if channels_last is None else channels_last
-        model = model.to(device).eval()
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        if isinstance(model, nn.Module):
+            model = EagerBackend(model, device or torch.device("cpu"),
+                                 channels_last=channels_last)
+        self.backend: Backend = model
+        self.device = model.device
+        self.is_cuda = self.device.type == "cuda"
+        self.plan = plan
+        self.tuning = tuning  # what autotuning measured, for the logs and metrics
 
     @classmethod
     def from_artifact(cls, path: Path, device: Device = "auto",
@@ -61,8 +74,15 @@ class BinCounter:
     def version(self) -> str:
         return self.card.version
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> float:
-        """Run a few dummy batches so the first real batch pays no allocation/tuning cost."""
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def warm_up(self, batch_sizes: Sequence[int] | None = None) -> float:
+        """Run a few dummy batches so the first real batch pays no allocation/tuning cost
+        (default: batch 1 and the planned batch size, else 8)."""
+        if batch_sizes is None:
+            batch_sizes = (1, self.plan.max_batch_size if self.plan else 8)
         started = time.perf_counter()
         side = self.card.input_size
         for size in batch_sizes:
@@ -72,13 +92,7 @@ class BinCounter:
     def infer(self, batch: torch.Tensor) -> list[Prediction]:
         """Forward one stacked batch; one Prediction per row, in order."""
         with torch.inference_mode():
-            if self.is_cuda:
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                                enabled=self.is_cuda):
-                logits = self.model(batch)
+            logits = self.backend.logits(batch)
             logits = logits.float()
             probs = torch.softmax(logits, dim=1).cpu().tolist()
             scores = logits.cpu().tolist()

@@ -6,7 +6,12 @@ pipelines can live in one process (tests, the HTTP server next to a worker).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from inference.autotune import TuneResult
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -23,6 +28,15 @@ class PipelineMetrics:
         self.stage_seconds = Histogram("binaudit_stage_seconds", "Latency per pipeline stage",
                                        ["stage"], buckets=LATENCY_BUCKETS,
                                        registry=self.registry)
+        self.backend = Gauge("binaudit_inference_backend",
+                             "1 for the inference backend and batch size in use",
+                             ["backend", "max_batch_size"], registry=self.registry)
+        self.autotune_rate = Gauge("binaudit_autotune_images_per_second",
+                                   "Model-alone images/s measured by autotuning",
+                                   ["backend", "batch_size"], registry=self.registry)
+        self.autotune_seconds = Gauge("binaudit_autotune_seconds",
+                                      "How long the last tuning measured (as cached)",
+                                      registry=self.registry)
 
     @classmethod
     def disabled(cls) -> PipelineMetrics:
@@ -34,3 +48,13 @@ class PipelineMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.stage_seconds.labels("infer").observe(seconds)
+
+    def observe_backend(self, backend: str, max_batch_size: int,
+                        tuning: TuneResult | None) -> None:
+        """The backend in use and, when it was autotuned, every rate that was measured."""
+        self.backend.labels(backend, str(max_batch_size)).set(1)
+        if tuning is None:
+            return
+        self.autotune_seconds.set(tuning.tune_seconds)
+        for m in tuning.measurements:
+            self.autotune_rate.labels(m.backend, str(m.batch_size)).set(m.images_per_s)

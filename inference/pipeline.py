@@ -22,7 +22,7 @@ import torch
 
 from core.model.preprocess import Preprocessor
 from core.settings import WorkerSettings
-from inference.batching import MicroBatcher
+from inference.batching import BatchPlan, MicroBatcher
 from inference.compare import Prediction
 from inference.counter import BinCounter
 from inference.images import FetcherStopped, ImageFetcher
@@ -68,10 +68,13 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, *, max_batch_size: int | None = None,
-                      max_wait_ms: int | None = None) -> PipelineConfig:
-        """The worker's batching settings; serve passes its own (shorter) batch limits."""
-        return cls(max_batch_size=max_batch_size or worker.max_batch_size,
-                   max_wait_s=(max_wait_ms or worker.max_wait_ms) / 1000,
+                      max_wait_ms: int | None = None, plan: BatchPlan | None = None
+                      ) -> PipelineConfig:
+        """Batch limits: the arguments (serve's own), else pinned worker settings, else the
+        autotuned ``plan``, else batch 16 / 50 ms (the defaults from before autotuning)."""
+        size = max_batch_size or worker.max_batch_size or (plan and plan.max_batch_size) or 16
+        wait = max_wait_ms or worker.max_wait_ms or (plan and plan.max_wait_ms) or 50
+        return cls(max_batch_size=size, max_wait_s=wait / 1000,
                    decode_workers=worker.decode_workers,
                    artificial_delay_s=worker.artificial_delay_s)
 
@@ -86,6 +89,7 @@ class InferencePipeline:
         self.on_outcome = on_outcome
         self.fetcher = fetcher
         self.metrics = metrics or PipelineMetrics.disabled()
+        self.metrics.observe_backend(counter.backend_name, config.max_batch_size, counter.tuning)
         self._batcher: MicroBatcher[tuple[WorkItem, torch.Tensor]] = MicroBatcher(
             config.max_batch_size, config.max_wait_s)
         self._ready: collections.deque[list[tuple[WorkItem, torch.Tensor]]] = collections.deque()

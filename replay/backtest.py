@@ -36,6 +36,7 @@ from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import KafkaSettings, Settings
 from core.tables import backtest_results, backtest_runs
 from core.timewindow import Bounds, WindowRequest, derive_run_id, ms, resolve_bounds
+from inference.autotune import open_counter
 from inference.compare import Prediction
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
@@ -233,7 +234,7 @@ class Replay:
     def run(self) -> ReplaySummary:
         started = time.monotonic()
         cfg = self.settings.worker
-        counter = self._counter or BinCounter.from_artifact(self.options.model_path, cfg.device)
+        counter = self._counter or open_counter(cfg, self.options.model_path)
         with ExitStack() as stack:
             engine = stack.enter_context(open_engine(self.settings.db, pool_pre_ping=True))
             source = stack.enter_context(ReplaySource(self.settings.kafka, self.options.topic))
@@ -250,7 +251,7 @@ class Replay:
                 fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
                 pipeline = stack.enter_context(InferencePipeline(
                     counter, Preprocessor(counter.card, ImageLimits.from_settings(cfg)),
-                    PipelineConfig.from_settings(cfg),
+                    PipelineConfig.from_settings(cfg, plan=counter.plan),
                     self._outcomes.put, fetcher=fetcher))
                 self._consume(source, pipeline, engine, counter.card, bounds, summary)
             except BaseException:

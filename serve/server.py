@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
+from inference.autotune import open_counter
 from inference.compare import Prediction, decide
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
@@ -137,20 +138,20 @@ class ModelServer:
 
     def _load_blocking(self) -> None:
         counter = self._load_counter()
-        warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
+        warm = counter.warm_up()
         log.info("model %s warmed up in %.2fs", counter.version, warm)
         w = self.settings.worker
         pre = Preprocessor(counter.card, ImageLimits.from_settings(w))
         fetcher = self._stack.enter_context(ImageFetcher.from_settings(self.settings))
         config = PipelineConfig.from_settings(w, max_batch_size=self.cfg.max_batch_size,
-                                              max_wait_ms=self.cfg.max_wait_ms)
+                                              max_wait_ms=self.cfg.max_wait_ms,
+                                              plan=counter.plan)
         self._pipeline = self._stack.enter_context(InferencePipeline(
             counter, pre, config, self._on_outcome, fetcher=fetcher, metrics=self.metrics))
         self._counter = counter
 
     def _counter_from_settings(self) -> BinCounter:
-        worker_cfg = self.settings.worker
-        return BinCounter.from_artifact(worker_cfg.model_path, worker_cfg.device)
+        return open_counter(self.settings.worker)  # backend + batch plan (autotuned)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         # The listener is closed already; handlers in flight still get their answers.

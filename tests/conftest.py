@@ -7,6 +7,7 @@ consumer group and bucket names, so tests never see each other's data.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,13 @@ from sqlalchemy import Engine, create_engine, text
 from core.settings import Settings
 from devstack.services import LocalServices
 from migrations.runner import upgrade
+
+# Pipeline tests run the eager reference backend at the old default batch (16), in this
+# process and in the workers it starts: autotuning has its own tests
+# (tests/inference/test_autotune.py) and would otherwise measure at every worker start.
+PINNED_INFERENCE = {"BINAUDIT_WORKER__BACKEND": "eager", "BINAUDIT_WORKER__MAX_BATCH_SIZE": "16"}
+for _name, _value in PINNED_INFERENCE.items():
+    os.environ.setdefault(_name, _value)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -16,12 +16,14 @@ import typer
 from core.cliutil import console, fail, settings_of
 from core.db import open_engine
 from core.model.card import ArtifactError, new_version
+from inference.autotune import tune_artifact
 from trainer import data
 from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
 from trainer.config import FitConfig, read_hyperparameters
 from trainer.distributed import dist_info
 from trainer.evaluate import evaluate_artifact, write_evaluation
+from trainer.export import DEFAULT_BACKENDS, export_artifact
 from trainer.fetch import fetch_with_settings
 from trainer.registry import register_artifact
 from trainer.train import fit
@@ -30,7 +32,8 @@ from trainer.tune import SearchSpace, tune
 log = logging.getLogger(__name__)
 train_app = typer.Typer(help="Prepare data, fine-tune, tune, profile and evaluate the counter.",
                         no_args_is_help=True)
-model_app = typer.Typer(help="Model artifacts: registration.", no_args_is_help=True)
+model_app = typer.Typer(help="Model artifacts: registration, export, inference tuning.",
+                        no_args_is_help=True)
 
 DEFAULT_MANIFEST = Path("artifacts/data/manifest.json")
 Opt = typer.Option
@@ -283,3 +286,56 @@ def register_cmd(ctx: typer.Context, path: Path) -> None:
     except ArtifactError as exc:
         fail(str(exc))
     console.print(f"{version}: {'registered' if inserted else 'already registered'}")
+
+
+@model_app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    path: Path,
+    images: Annotated[Path, Opt(help="Folder of sample JPEGs for the parity check.")],
+    backends: Annotated[str, Opt(help="Backends to check, comma-separated.")
+                        ] = ",".join(DEFAULT_BACKENDS),
+    limit: Annotated[int, Opt(help="Check at most this many images (0 = all).")] = 0,
+) -> None:
+    """Write model.onnx and openvino/model.xml into the artifact at PATH; check parity."""
+    files = sorted(images.glob("*.jpg"))[: limit or None]
+    if not files:
+        fail(f"no .jpg images in {images}")
+    try:
+        report = export_artifact(path, files, settings_of(ctx).worker,
+                                 [b.strip() for b in backends.split(",") if b.strip()])
+    except ArtifactError as exc:
+        fail(str(exc))
+    for entry in report["parity"]:
+        console.print(f"{entry['backend']}: max |Δprob| {entry['max_abs_diff_prob']:.2e} "
+                      f"(tolerance {entry['tolerance']:.0e}), same argmax "
+                      f"{entry['argmax_agree']}/{entry['images']} (+{entry['argmax_ties']} "
+                      f"ties): {'ok' if entry['ok'] else 'FAILED (form removed)'}")
+    for name, reason in {**report["export_errors"], **report["skipped"]}.items():
+        console.print(f"{name}: not checked: {reason}")
+    if not report["parity"] or not all(e["ok"] for e in report["parity"]):
+        raise typer.Exit(1)
+
+
+@model_app.command("tune-inference")
+def tune_inference_cmd(
+    ctx: typer.Context,
+    path: Annotated[Path | None, typer.Argument(help="Artifact (default worker.model_path)")
+                    ] = None,
+    force: Annotated[bool, Opt(help="Measure again even if a cached result exists.")] = False,
+) -> None:
+    """Measure backends x batch sizes on this device and cache the choice (as a worker
+    would at start-up); print the table."""
+    worker = settings_of(ctx).worker
+    try:
+        result, _backend, _card, cached = tune_artifact(path or worker.model_path, worker,
+                                                        force=force)
+    except ArtifactError as exc:
+        fail(str(exc))
+    for m in sorted(result.measurements, key=lambda m: -m.images_per_s):
+        console.print(f"{m.backend:>22} batch {m.batch_size:>4}: {m.images_per_s:8.1f} img/s")
+    for name, reason in result.skipped.items():
+        console.print(f"{name:>22} skipped: {reason}")
+    console.print(f"chosen: {result.backend} at batch {result.batch_size}, max wait "
+                  f"{result.max_wait_ms} ms ({'cached' if cached else 'measured now'}; "
+                  f"{result.device})")

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.producer import EventProducer
 from core.settings import Settings
+from inference.autotune import open_counter
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
 from inference.outcomes import dead_letter_record, verdict_records
@@ -86,9 +87,8 @@ class Worker:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         with ExitStack() as stack:
-            counter = self._counter or BinCounter.from_artifact(self.cfg.model_path,
-                                                                self.cfg.device)
-            warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
+            counter = self._counter or open_counter(self.cfg)  # backend + batch plan
+            warm = counter.warm_up()
             log.info("model %s warmed up in %.2fs", counter.version, warm)
             self.counter = counter
             self.sink = stack.enter_context(ResultSink(self.settings.db))
@@ -111,7 +111,7 @@ class Worker:
     # ---- construction ---------------------------------------------------------------
     def _build_pipeline(self, counter: BinCounter, fetcher: ImageFetcher) -> InferencePipeline:
         pre = Preprocessor(counter.card, ImageLimits.from_settings(self.cfg))
-        config = PipelineConfig.from_settings(self.cfg)
+        config = PipelineConfig.from_settings(self.cfg, plan=counter.plan)
         return InferencePipeline(counter, pre, config, self._outcomes.put, fetcher=fetcher,
                                  metrics=self.metrics)
 

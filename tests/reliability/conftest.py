@@ -259,7 +259,9 @@ class WorkerProc:
 def _env(sections: dict[str, dict[str, Any]]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINAUDIT_")}
     # One intra-op thread per worker: several workers share 2 cores with other test runs.
-    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "BINAUDIT_ENVIRONMENT": "test"})
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "BINAUDIT_ENVIRONMENT": "test",
+                # the eager reference at batch 16, as in tests/conftest.py (no autotuning)
+                "BINAUDIT_WORKER__BACKEND": "eager", "BINAUDIT_WORKER__MAX_BATCH_SIZE": "16"})
     for section, values in sections.items():
         for key, value in values.items():
             name = f"BINAUDIT_{section.upper()}__{key.upper()}" if section else \
