@@ -31,6 +31,7 @@ from torch import nn
 
 from bench.env import Rate, RssSampler, measure_rate, mib
 from core.model.artifact import load_artifact
+from inference.backends.torch_backends import EagerBackend
 from inference.counter import BinCounter
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,13 @@ def measure_variant(artifact: Path, device: torch.device, variant: str, path: st
     """One variant over ``batch_sizes`` (ascending, so each RSS peak bounds its own size)."""
     bf16, channels_last, extra = parse_variant(variant)
     model, card = load_artifact(artifact, map_location="cpu")
-    counter = BinCounter(model, card, device, channels_last=channels_last)
+    eager = EagerBackend(model, device, channels_last=channels_last)
+    counter = BinCounter(eager, card)
     if counter.is_cuda and not bf16 and path == "counter":
         raise ValueError("the counter path always autocasts to bf16 on CUDA")
     if extra and extra.startswith("compile"):
         mode = extra.removeprefix("compile").lstrip("-") or None
-        counter.model = torch.compile(counter.model, mode=mode)  # type: ignore[assignment]
+        eager.model = torch.compile(eager.model, mode=mode)  # type: ignore[assignment]
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     rows = []
     for bs in sorted(batch_sizes):
@@ -145,9 +147,9 @@ def measure_variant(artifact: Path, device: torch.device, variant: str, path: st
                 step = counter_step(counter, x)
             else:
                 x = _example(bs, card.input_size, device, channels_last, images)
-                net: nn.Module = counter.model
+                net: nn.Module = eager.model
                 if extra == "cuda-graph":
-                    net = GraphedForward(counter.model, x, bf16=bf16)
+                    net = GraphedForward(eager.model, x, bf16=bf16)
                 step = forward_step(net, x, bf16=bf16 and extra != "cuda-graph")
             warm = time.perf_counter()
             for _ in range(3 if device.type == "cuda" else 1):  # warm-up / compile / record
@@ -174,11 +176,11 @@ def measure_variant(artifact: Path, device: torch.device, variant: str, path: st
 def _counter_for(artifact: Path, device: torch.device, variant: str) -> BinCounter:
     bf16, channels_last, extra = parse_variant(variant)
     model, card = load_artifact(artifact, map_location="cpu")
-    counter = BinCounter(model, card, device, channels_last=channels_last)
+    eager = EagerBackend(model, device, channels_last=channels_last)
     if extra and extra.startswith("compile"):
         mode = extra.removeprefix("compile").lstrip("-") or None
-        counter.model = torch.compile(counter.model, mode=mode)  # type: ignore[assignment]
-    return counter
+        eager.model = torch.compile(eager.model, mode=mode)  # type: ignore[assignment]
+    return BinCounter(eager, card)
 
 
 def measure_interleaved(artifact: Path, device: torch.device, variants: list[str],

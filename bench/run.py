@@ -28,6 +28,9 @@ from bench.report import write_all
 log = logging.getLogger("bench.run")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# What the e2e section sweeps and autotunes over (eager is always measured: the old default).
+DEFAULT_BACKENDS = {"cpu": ("onnxruntime", "openvino", "eager"),
+                    "cuda": ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "eager")}
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Profile:
     e2e_min_events: int
     baseline_s: float
     local_events: int
+    sweep_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     timeouts: dict[str, float] = field(default_factory=dict)
 
 
@@ -57,7 +61,8 @@ def profile(device: str, quick: bool) -> Profile:
                        variants=["fp32", "channels_last"] if not cuda else ["bf16+cl"],
                        repeats=1, min_seconds=0.3, ceiling_events=300, ceiling_repeats=1,
                        component_events=200, pg_rows=100, memory_events=100,
-                       e2e_target_s=15, e2e_min_events=48, baseline_s=8, local_events=200)
+                       e2e_target_s=15, e2e_min_events=48, baseline_s=8, local_events=200,
+                       sweep_batch_sizes=[1, 4])
     return Profile(batch_sizes=[1, 2, 4, 8, 16, 32] if not cuda else [1, 8, 32, 64, 128, 256],
                    variants=["fp32", "channels_last"] if not cuda
                    else ["fp32", "channels_last", "bf16", "bf16+cl"],
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     artifact = write_artifact(work / "artifacts", "efficientnet_b4", 224, tag="bench")
     settings = bench_settings(Settings(), db_name=args.db_name)
     prepare_database(settings)
-    batch = args.batch_size or settings.worker.max_batch_size
+    # The worker's batch before autotuning (16): the model and ceiling sections' reference.
+    batch = args.batch_size or settings.worker.max_batch_size or 16
     base = {"device": device, "artifact": str(artifact), "db_name": args.db_name,
             "repeats": prof.repeats, "min_seconds": prof.min_seconds}
     sections: dict[str, Any] = {}
@@ -117,7 +123,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sections["e2e"] = runner.run("e2e", {
             **base, "batch_size": batch, "target_seconds": prof.e2e_target_s,
             "min_events": prof.e2e_min_events, "baseline_seconds": prof.baseline_s,
-            "events": args.events}, timeout=1200)
+            "events": args.events, "backends": args.backends.split(",") if args.backends
+            else list(DEFAULT_BACKENDS.get(device, ("eager",))),
+            "sweep_batch_sizes": prof.sweep_batch_sizes,
+            "cache_dir": str(work / "inference-cache")}, timeout=args.e2e_timeout)
     if "local" in wanted:
         sections["local"] = runner.run("local", {
             **base, "batch_size": batch, "events": prof.local_events,
@@ -160,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="wait up to this long for a quiet machine (0: do not wait)")
     p.add_argument("--max-load-per-core", type=float, default=0.5)
     p.add_argument("--compile-timeout", type=float, default=240)
+    p.add_argument("--backends", help="e2e: backends to sweep and autotune over, comma list "
+                                      "(default: the device's, see DEFAULT_BACKENDS)")
+    p.add_argument("--e2e-timeout", type=float, default=1800)
     p.add_argument("--log-dir", help="child logs (default: a temporary folder)")
     p.add_argument("--keep-work", action="store_true")
     p.add_argument("--merge", action="store_true",

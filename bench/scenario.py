@@ -55,6 +55,11 @@ class ScenarioConfig:
     component_events: int = 700
     decode_batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
     local_batch_sizes: list[int] = field(default_factory=list)
+    # e2e/backends: inference backends to sweep and autotune over (empty: eager only, the
+    # worker at ``batch_size`` as before autotuning); their batch sizes; the tuning cache.
+    backends: list[str] = field(default_factory=list)
+    sweep_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    cache_dir: str | None = None
 
 
 def _worker_overrides(cfg: ScenarioConfig, **worker: object) -> dict[str, object]:
@@ -171,53 +176,113 @@ def scenario_null_worker(cfg: ScenarioConfig) -> dict[str, Any]:
     return {"events": cfg.events, "run": run, "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
 
 
+def _tuned_counter(cfg: ScenarioConfig, worker: Any) -> tuple[Any, dict[str, Any]]:
+    """The worker's start-up twice: cold (tunes, fills the cache) then warm (reads it)."""
+    import time
+
+    from inference.autotune import open_counter
+
+    times: dict[str, Any] = {}
+    for phase in ("cold", "warm"):
+        started = time.perf_counter()
+        counter = open_counter(worker)
+        warm_up = counter.warm_up()
+        times[f"{phase}_s"] = round(time.perf_counter() - started, 1)
+        times[f"{phase}_warm_up_s"] = round(warm_up, 1)
+    assert counter.tuning is not None
+    times["tuning"] = counter.tuning.model_dump(mode="json")
+    return counter, times
+
+
+def _model_alone(counters: dict[str, tuple[Any, int]], cfg: ScenarioConfig) -> dict[str, Any]:
+    from bench.backends import measure_configs
+
+    rates = measure_configs(counters, repeats=cfg.repeats, min_seconds=cfg.min_seconds)
+    return {label: rate.as_dict() for label, rate in rates.items()}
+
+
 def scenario_e2e(cfg: ScenarioConfig) -> dict[str, Any]:
+    """Start-up (autotuned, cold and warm cache) → model alone per backend × batch → the
+    worker as tuned → per-event baseline → model alone again, one process, one run."""
+    from bench.backends import OLD_DEFAULT, Config, best_row, sweep
     from bench.baseline import run_per_event
-    from bench.env import measure_rate
-    from bench.model_speed import counter_step
-    from bench.models import load_counter
     from bench.services import kafka_for, published_topic
     from bench.worker_run import run_worker
 
     assert cfg.artifact, "e2e needs an artifact"
-    settings = _settings(cfg, exit_when_idle_s=3.0, model_path=Path(cfg.artifact))
-    counter = load_counter(Path(cfg.artifact), cfg.device, channels_last=cfg.channels_last)
-    pre = _preprocessor(settings, counter.card)
-    side = counter.card.input_size
-    sync = torch.cuda.synchronize if counter.is_cuda else None
-
-    def model_alone(bs: int) -> dict[str, Any]:
-        step = counter_step(counter, torch.randn(bs, 3, side, side))
-        step()
-        return measure_rate(step, repeats=cfg.repeats, min_seconds=cfg.min_seconds,
-                            sync=sync).as_dict()
-
-    before = model_alone(cfg.batch_size)
-    before_1 = model_alone(1)
-    events = cfg.events or int(min(cfg.max_events, max(cfg.min_events,
-                                                        before["median"] * cfg.target_seconds)))
-    log.info("model alone %.2f img/s at batch %d: %d events", before["median"],
-             cfg.batch_size, events)
+    artifact, device = Path(cfg.artifact), torch.device(cfg.device)
+    cache = Path(cfg.cache_dir or Path(cfg.artifact).parent / "inference-cache")
+    backends = cfg.backends or ["eager"]
+    tuning = {"backend": "auto", "max_batch_size": None, "max_wait_ms": None,
+              "tune_backends": tuple(b for b in backends if b != "eager"),
+              "tune_batch_sizes": tuple(cfg.sweep_batch_sizes), "inference_cache_dir": cache} \
+        if cfg.backends else {"backend": "eager", "max_batch_size": cfg.batch_size}
+    settings = _settings(cfg, exit_when_idle_s=3.0, model_path=artifact, **tuning)
+    counter, startup = _tuned_counter(cfg, settings.worker) if cfg.backends else \
+        (_eager_counter(cfg, settings.worker), {})
+    assert counter.plan is not None
+    bs = counter.plan.max_batch_size
+    rows, counters = sweep(artifact, device, backends,
+                           sorted({*cfg.sweep_batch_sizes, OLD_DEFAULT[1], 1}),
+                           repeats=cfg.repeats, min_seconds=cfg.min_seconds, cache_dir=cache)
+    best = best_row(rows)
+    assert best is not None, f"no backend ran: {rows}"
+    compare = {"worker": (counter, bs),
+               "best": (counters[Config(best["backend"], best["batch_size"])],
+                        best["batch_size"]),
+               "old_default": (counters[Config(*OLD_DEFAULT)], OLD_DEFAULT[1])}
+    before = _model_alone(compare, cfg)
+    events = cfg.events or int(min(cfg.max_events, max(
+        cfg.min_events, before["worker"]["median"] * cfg.target_seconds)))
+    log.info("worker config %s @ %d: %.2f img/s alone; %d events", counter.backend_name, bs,
+             before["worker"]["median"], events)
+    eager = counters[Config(*OLD_DEFAULT)]  # the reference deployment's model: eager, batch 1
     with published_topic(settings, events) as topic:
         worker = run_worker(kafka_for(settings, topic=topic), counter, expected=events)
         log.info("worker: %s events/s", worker["events_per_s"])
-        per_event = run_per_event(kafka_for(settings, topic=topic), counter, pre,
+        per_event = run_per_event(kafka_for(settings, topic=topic), eager,
+                                  _preprocessor(settings, eager.card),
                                   max_events=cfg.baseline_max_events,
                                   max_seconds=cfg.baseline_seconds)
         log.info("per-event: %s events/s", per_event["events_per_s"])
-    after = model_alone(cfg.batch_size)
-    after_1 = model_alone(1)
-    model_rate = statistics.median([before["median"], after["median"]])
-    spread = abs(before["median"] - after["median"]) / max(model_rate, 1e-9)
-    batch1 = {"median": statistics.median([before_1["median"], after_1["median"]]),
-              "before": before_1["median"], "after": after_1["median"]}
-    return {"events": events, "batch_size": cfg.batch_size,
-            "channels_last": counter.channels_last,
-            "model_alone": {"before": before, "after": after, "median": model_rate,
-                            "batch_1": batch1, "before_after_spread": round(spread, 3)},
-            "worker": worker, "per_event": per_event,
-            "efficiency": round(worker["events_per_s"] / model_rate, 3),
-            "speedup_vs_per_event": round(worker["events_per_s"] / per_event["events_per_s"], 2),
+    after = _model_alone(compare, cfg)
+    return _e2e_result(cfg, counter, bs, rows, best, before, after, worker, per_event,
+                       startup, events, settings)
+
+
+def _eager_counter(cfg: ScenarioConfig, worker: Any) -> Any:
+    from inference.autotune import open_counter
+
+    counter = open_counter(worker)
+    counter.warm_up()
+    return counter
+
+
+def _e2e_result(cfg: ScenarioConfig, counter: Any, bs: int, rows: list[dict[str, Any]],
+                best: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
+                worker: dict[str, Any], per_event: dict[str, Any], startup: dict[str, Any],
+                events: int, settings: Any) -> dict[str, Any]:
+    def both(label: str) -> dict[str, Any]:
+        b, a = before[label]["median"], after[label]["median"]
+        median = statistics.median([b, a])
+        return {"before": before[label], "after": after[label], "median": median,
+                "before_after_spread": round(abs(b - a) / max(median, 1e-9), 3)}
+
+    own, top, old = both("worker"), both("best"), both("old_default")
+    batch1 = next((r["images_per_s"]["median"] for r in rows if r.get("backend") == "eager"
+                   and r.get("batch_size") == 1), None)
+    rate = worker["events_per_s"]
+    return {"events": events, "batch_size": bs, "backend": counter.backend_name,
+            "max_wait_ms": counter.plan.max_wait_ms,
+            "model_alone": {**own, "batch_1": {"median": batch1}},
+            "best": {"backend": best["backend"], "batch_size": best["batch_size"], **top},
+            "old_default": {"backend": "eager", "batch_size": 16, **old},
+            "backends": rows, "startup": startup, "worker": worker, "per_event": per_event,
+            "efficiency": round(rate / top["median"], 3),
+            "efficiency_vs_own_config": round(rate / own["median"], 3),
+            "best_vs_old_default": round(top["median"] / old["median"], 2),
+            "worker_vs_old_default": round(rate / old["median"], 2),
+            "speedup_vs_per_event": round(rate / per_event["events_per_s"], 2),
             "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
             "settings": _worker_knobs(settings)}
 
@@ -246,7 +311,7 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
         model = measure_rate(step, repeats=cfg.repeats, min_seconds=cfg.min_seconds, sync=sync)
         events = cfg.events or int(min(cfg.max_events, max(cfg.min_events,
                                                             model.median * cfg.target_seconds)))
-        config = PipelineConfig(max_batch_size=bs, max_wait_s=wcfg.max_wait_ms / 1000,
+        config = PipelineConfig(max_batch_size=bs, max_wait_s=(wcfg.max_wait_ms or 50) / 1000,
                                 decode_workers=wcfg.decode_workers)
         pipeline = run_pipeline(counter, pre, images, events=events, config=config,
                                 max_in_flight=max(wcfg.max_in_flight, 4 * bs))
@@ -261,13 +326,15 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.samples import find_sample_dir
 
     return {"samples": str(find_sample_dir() or "synthetic JPEGs"),
-            "channels_last": counter.channels_last, "decode_workers": wcfg.decode_workers,
+            "channels_last": getattr(counter.backend, "channels_last", None),
+            "decode_workers": wcfg.decode_workers,
             "runs": runs, "per_event": per_event}
 
 
 def _worker_knobs(settings: Any) -> dict[str, Any]:
     w = settings.worker
     return {"max_batch_size": w.max_batch_size, "max_wait_ms": w.max_wait_ms,
+            "backend": w.backend,
             "decode_workers": w.decode_workers, "max_in_flight": w.max_in_flight,
             "poll_max_records": w.poll_max_records, "s3_max_concurrency":
             settings.s3.max_concurrency, "device": w.device}

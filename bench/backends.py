@@ -1,0 +1,108 @@
+"""Model alone per inference backend × batch size, on the worker's ``BinCounter.infer`` path.
+
+The "best model alone" of a device is the fastest row. All configurations are measured in
+one process with their timed windows interleaved (one window of each in turn, ``repeats``
+times), so load drifting on a shared machine hits every configuration alike and the ratios
+between them stay fair. A backend that cannot run here is a row with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.env import Rate, measure_rate
+from bench.model_speed import counter_step
+from core.model.artifact import load_artifact
+from inference.backends import BackendUnavailable, LoadContext, load_backend
+from inference.counter import BinCounter
+
+log = logging.getLogger(__name__)
+
+# The worker's configuration before autotuning: eager PyTorch, channels_last, batch 16.
+OLD_DEFAULT = ("eager", 16)
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str
+    batch_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} @ {self.batch_size}"
+
+
+def backend_counter(artifact: Path, device: torch.device, backend: str, batch_size: int,
+                    cache_dir: Path) -> BinCounter:
+    """A counter on ``backend`` (exports/compiles into ``cache_dir`` when needed)."""
+    model, card = load_artifact(artifact)
+    ctx = LoadContext(artifact=artifact, card=card, device=device,
+                      load_model=lambda: load_artifact(artifact)[0], cache_dir=cache_dir,
+                      max_batch_size=batch_size, threads=torch.get_num_threads())
+    return BinCounter(load_backend(backend, ctx), card)
+
+
+def measure_configs(counters: dict[str, tuple[BinCounter, int]], *, repeats: int,
+                    min_seconds: float) -> dict[str, Rate]:
+    """Interleaved windows: config A, B, C, A, B, C, ... (one warm-up step each first)."""
+    steps = {}
+    for label, (counter, bs) in counters.items():
+        side = counter.card.input_size
+        steps[label] = counter_step(counter, torch.randn(bs, 3, side, side))
+        steps[label]()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
+    rates = {label: Rate() for label in counters}
+    for _ in range(repeats):
+        for label, step in steps.items():
+            rates[label].samples += measure_rate(step, repeats=1, min_seconds=min_seconds,
+                                                 sync=sync).samples
+    return rates
+
+
+def sweep(artifact: Path, device: torch.device, backends: list[str], batch_sizes: list[int],
+          *, repeats: int, min_seconds: float, cache_dir: Path
+          ) -> tuple[list[dict[str, Any]], dict[Config, BinCounter]]:
+    """Every backend at every batch size; (rows, the counters that loaded, for re-use)."""
+    rows: list[dict[str, Any]] = []
+    counters: dict[Config, BinCounter] = {}
+    for name in backends:
+        for bs in sorted(set(batch_sizes)):
+            started = time.perf_counter()
+            try:
+                counters[Config(name, bs)] = _reuse_or_load(counters, artifact, device, name,
+                                                            bs, cache_dir)
+            except BackendUnavailable as exc:
+                log.warning("backend %s unavailable: %s", name, exc)
+                rows.append({"backend": name, "batch_size": None, "error": str(exc)})
+                break
+            log.info("%s at batch %d loaded in %.1fs", name, bs, time.perf_counter() - started)
+    rates = measure_configs({c.label: (counter, c.batch_size) for c, counter in counters.items()},
+                            repeats=repeats, min_seconds=min_seconds)
+    for cfg in counters:
+        rate = rates[cfg.label]
+        rows.append({"backend": cfg.backend, "batch_size": cfg.batch_size,
+                     "images_per_s": rate.as_dict()})
+        log.info("%s: %.2f img/s", cfg.label, rate.median)
+    return rows, counters
+
+
+def _reuse_or_load(counters: dict[Config, BinCounter], artifact: Path, device: torch.device,
+                   name: str, bs: int, cache_dir: Path) -> BinCounter:
+    # Dynamic-batch backends serve every size from one instance; compiled ones need their own.
+    if name != "compiled":
+        for cfg, counter in counters.items():
+            if cfg.backend == name:
+                return counter
+    return backend_counter(artifact, device, name, bs, cache_dir)
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest configuration measured (the device's "best model alone")."""
+    ok = [r for r in rows if "images_per_s" in r]
+    return max(ok, key=lambda r: r["images_per_s"]["median"], default=None)

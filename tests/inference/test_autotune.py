@@ -1,0 +1,110 @@
+"""Autotuning: measures what can run, picks the fastest, caches per artifact and device,
+falls back to eager with the reason logged, and the micro-batcher follows its plan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from core.model.preprocess import ImageLimits, Preprocessor
+from core.settings import WorkerSettings
+from inference.autotune import Measurement, choose, open_counter, tune_artifact, wait_ms_for
+from inference.batching import BatchPlan
+from inference.metrics import PipelineMetrics
+from inference.pipeline import InferencePipeline, PipelineConfig
+
+
+@pytest.fixture(scope="module")
+def artifact(model_artifact_factory: Callable[..., Path]) -> Path:
+    return model_artifact_factory("test-autotune", seed=7)
+
+
+def settings(cache: Path, **values: object) -> WorkerSettings:
+    base: dict[str, object] = {"device": "cpu", "inference_cache_dir": cache,
+                               "tune_seconds": 0.2, "tune_batch_sizes": (1, 4)}
+    return WorkerSettings.model_validate({**base, **values})
+
+
+def m(backend: str, bs: int, rate: float) -> Measurement:
+    return Measurement(backend=backend, batch_size=bs, images_per_s=rate,
+                       seconds_per_batch=bs / rate)
+
+
+def test_choose_prefers_the_fastest_and_the_smaller_batch_when_as_fast() -> None:
+    assert choose([m("eager", 4, 10), m("onnxruntime", 4, 25), m("onnxruntime", 1, 12)]) \
+        == m("onnxruntime", 4, 25)
+    # within 5 % of the best: the smaller batch (less waiting, same throughput)
+    assert choose([m("onnxruntime", 16, 25), m("onnxruntime", 4, 24.5)]).batch_size == 4
+    assert wait_ms_for(m("onnxruntime", 4, 25)) == 160  # one forward of the chosen batch
+    assert wait_ms_for(m("onnxruntime", 1, 10_000)) == 5
+
+
+def test_tunes_once_then_reads_the_cache(artifact: Path, tmp_path: Path) -> None:
+    worker = settings(tmp_path, tune_backends=("onnxruntime",))
+    result, backend, _card, cached = tune_artifact(artifact, worker)
+    assert not cached
+    measured = {(x.backend, x.batch_size) for x in result.measurements}
+    assert measured == {("onnxruntime", 1), ("onnxruntime", 4), ("eager", 1), ("eager", 4)}
+    best = max(result.measurements, key=lambda x: x.images_per_s)
+    assert result.images_per_s >= best.images_per_s * 0.95
+    assert backend.name == result.backend
+    assert result.parity["onnxruntime"] < 1e-3
+    assert result.max_wait_ms >= 5
+
+    again, backend2, _card, cached2 = tune_artifact(artifact, worker)
+    assert cached2 and again == result and backend2.name == result.backend
+    # another device/candidate set is another cache entry
+    other = settings(tmp_path, tune_backends=("openvino",))
+    assert not tune_artifact(artifact, other)[3]
+
+
+def test_pinned_backend_that_cannot_run_falls_back_to_eager(
+        artifact: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    worker = settings(tmp_path, backend="tensorrt", max_batch_size=4)
+    with caplog.at_level(logging.INFO):
+        counter = open_counter(worker, artifact)
+    assert counter.backend_name == "eager"
+    assert counter.plan is not None and counter.plan.max_batch_size == 4
+    assert counter.tuning is not None
+    assert "needs a CUDA GPU" in counter.tuning.skipped["tensorrt"]
+    assert "backend tensorrt not used: tensorrt needs a CUDA GPU" in caplog.text
+
+
+def test_pinned_eager_and_batch_skip_tuning(artifact: Path, tmp_path: Path) -> None:
+    counter = open_counter(settings(tmp_path, backend="eager", max_batch_size=8,
+                                    max_wait_ms=20), artifact)
+    assert counter.backend_name == "eager" and counter.tuning is None
+    assert counter.plan == BatchPlan(8, 20)
+    assert not list(tmp_path.rglob("tune-*.json"))
+
+
+def test_batcher_follows_the_plan_unless_settings_pin_it() -> None:
+    plan = BatchPlan(4, 160)
+    tuned = PipelineConfig.from_settings(WorkerSettings(), plan=plan)
+    assert (tuned.max_batch_size, tuned.max_wait_s) == (4, 0.16)
+    pinned = PipelineConfig.from_settings(WorkerSettings(max_batch_size=32, max_wait_ms=7),
+                                          plan=plan)
+    assert (pinned.max_batch_size, pinned.max_wait_s) == (32, 0.007)
+    untuned = PipelineConfig.from_settings(WorkerSettings())
+    assert (untuned.max_batch_size, untuned.max_wait_s) == (16, 0.05)
+
+
+def test_choice_and_numbers_reach_the_metrics(artifact: Path, tmp_path: Path) -> None:
+    worker = settings(tmp_path, tune_backends=("onnxruntime",), tune_batch_sizes=(2,))
+    counter = open_counter(worker, artifact)
+    registry = CollectorRegistry()
+    assert counter.plan is not None and counter.tuning is not None
+    config = PipelineConfig.from_settings(worker, plan=counter.plan)
+    pre = Preprocessor(counter.card, ImageLimits(1 << 23, 40_000_000))
+    InferencePipeline(counter, pre, config, lambda _: None,
+                      metrics=PipelineMetrics(registry))
+    assert registry.get_sample_value("binaudit_inference_backend", {
+        "backend": counter.backend_name, "max_batch_size": "2"}) == 1
+    for x in counter.tuning.measurements:
+        assert registry.get_sample_value("binaudit_autotune_images_per_second", {
+            "backend": x.backend, "batch_size": str(x.batch_size)}) == pytest.approx(
+                x.images_per_s)
