@@ -9,7 +9,11 @@ the targets need first and spends what is left of the budget on torch.compile:
 2. preprocessing: CPU per core, and batched nvJPEG decode (``decode_jpeg(list, device=cuda)``);
 3. the in-process pipeline (``InferencePipeline`` fed with image bytes) at the worker's batch
    size and at the best one, vs model alone and vs the per-event pattern;
-4. torch.compile ``reduce-overhead`` then ``max-autotune-no-cudagraphs`` at the best batch
+4. inference backends (the worker's autotuning candidates) on ``BinCounter.infer``, windows
+   interleaved: torch-tensorrt (fp16), ONNX Runtime's TensorRT (fp16) and CUDA execution
+   providers, torch.compile (inductor, bf16, static batch), eager bf16+channels_last; one
+   that cannot run here (package missing) is a row with its reason;
+5. torch.compile ``reduce-overhead`` then ``max-autotune-no-cudagraphs`` at the best batch
    size, each in a child killed at its time limit.
 
 ``--device cpu --quick`` runs the same code paths on CPU with tiny sizes (a smoke test of the
@@ -36,6 +40,8 @@ log = logging.getLogger("bench.gpu")
 NEEDED = ("torch", "torchvision", "PIL", "pydantic", "pydantic_settings", "numpy",
           "prometheus_client", "botocore", "aiobotocore", "matplotlib")
 EXIT_NO_CUDA, EXIT_MISSING = 2, 3
+# The worker's CUDA autotuning candidates (inference/backends/registry.py), eager last.
+GPU_BACKENDS = ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "compiled", "eager")
 
 
 def preflight(device: str) -> list[str]:
@@ -66,17 +72,20 @@ def plan(device: str, quick: bool) -> dict[str, Any]:
                 "repeats": 3, "min_seconds": 0.5, "decode_bs": [64, 128, 256],
                 "local_seconds": 6.0, "per_event": 300, "arch": "efficientnet_b4",
                 "side": 224, "variants": ["fp32", "channels_last", "bf16"],
-                "main": "bf16+cl", "graph_variant": "bf16+cl+cuda-graph"}
+                "main": "bf16+cl", "graph_variant": "bf16+cl+cuda-graph",
+                "backends": list(GPU_BACKENDS), "backend_bs": [16, 128]}
     if device == "cuda":
         return {"sweep": [1, 64, 256], "few": [64], "graph": [64], "counter": [64],
                 "repeats": 1, "min_seconds": 0.2, "decode_bs": [64], "local_seconds": 1.0,
                 "per_event": 50, "arch": "efficientnet_b4", "side": 224,
-                "variants": ["bf16"], "main": "bf16+cl", "graph_variant": "bf16+cl+cuda-graph"}
+                "variants": ["bf16"], "main": "bf16+cl", "graph_variant": "bf16+cl+cuda-graph",
+                "backends": list(GPU_BACKENDS), "backend_bs": [64]}
     # CPU smoke test of the script: tiny model, CUDA-only variants mapped to their CPU twins.
     return {"sweep": [1, 4], "few": [4], "graph": [], "counter": [1, 4], "repeats": 1,
             "min_seconds": 0.1, "decode_bs": [], "local_seconds": 1.0, "per_event": 10,
             "arch": "efficientnet_lite0", "side": 96, "variants": ["fp32"],
-            "main": "channels_last", "graph_variant": None}
+            "main": "channels_last", "graph_variant": None,
+            "backends": ["onnxruntime", "openvino", "eager"], "backend_bs": [1, 4]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +125,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **base, "local_batch_sizes": sizes, "decode_workers": workers,
         "target_seconds": p["local_seconds"], "min_events": 100, "max_events": 40_000,
         "baseline_max_events": p["per_event"]}, timeout=180)
-    # 4. torch.compile with what is left ----------------------------------------------------
+    # 4. inference backends (TensorRT engine builds take minutes: bounded) ---------------------
+    sections["backends"] = runner.run("backends", {
+        **base, "backends": p["backends"], "sweep_batch_sizes": p["backend_bs"],
+        "cache_dir": str(work / "inference-cache")},
+        timeout=min(args.backends_timeout, runner.remaining() - 10))
+    # 5. torch.compile with what is left ----------------------------------------------------
     if not args.skip_compile:
         bs = best_fwd or p["few"][-1]
         for mode in ("reduce-overhead", "max-autotune-no-cudagraphs"):
@@ -142,10 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT") or
                    str(Path(__file__).resolve().parent / "results"))
-    p.add_argument("--budget-s", type=float, default=420,
+    p.add_argument("--budget-s", type=float, default=480,
                    help="wall-clock budget for all measurements (children are cut at it)")
     p.add_argument("--compile-timeout", type=float, default=150)
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--backends-timeout", type=float, default=240)
     p.add_argument("--worker-batch-size", type=int, default=16,
                    help="the worker's configured batch size (settings default 16)")
     p.add_argument("--decode-workers", type=int, help="pipeline decode threads (default: cores)")

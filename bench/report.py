@@ -75,15 +75,17 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         lines += _table(["component alone", "per s (median)"],
                         [[k, v] for k, v in s["components"].items()])
         lines += [f"- {note}" for note in s["notes"]] + [""]
-    if summary.get("e2e") and summary["e2e"].get("backend_table"):
-        s = summary["e2e"]
+    for key, where in (("e2e", "e2e process"), ("backends", "backends section")):
+        s = summary.get(key) or {}
+        if not s.get("backend_table"):
+            continue
         sizes = s["backend_sizes"]
-        lines += ["## Model alone per inference backend (images/s, BinCounter.infer, "
-                  "interleaved windows, e2e process)", ""]
+        lines += [f"## Model alone per inference backend (images/s, BinCounter.infer, "
+                  f"interleaved windows, {where})", ""]
         lines += _table(["backend"] + [str(b) for b in sizes] + ["note"],
                         [[name] + [row.get(str(b)) for b in sizes] + [row.get("error", "")]
                          for name, row in s["backend_table"].items()])
-        lines += [""]
+        lines += [f"- {note}" for note in s.get("notes", []) if key == "backends"] + [""]
     if summary.get("e2e"):
         s = summary["e2e"]
         lines += ["## End to end with the real counter vs model alone vs per-event", ""]

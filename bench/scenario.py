@@ -9,7 +9,8 @@ timeout the orchestrator can enforce. Scenarios:
 * ``null-worker`` the null-model worker alone (memory against the number of events);
 * ``e2e``       model alone → worker end to end → per-event baseline → model alone again,
                 all with the same loaded counter (ratios from one process, one run);
-* ``local``     in-process pipeline fed from memory vs model alone vs per-event (GPU script).
+* ``local``     in-process pipeline fed from memory vs model alone vs per-event (GPU script);
+* ``backends``  model alone per inference backend × batch size (GPU script's sweep).
 """
 
 from __future__ import annotations
@@ -176,6 +177,18 @@ def scenario_null_worker(cfg: ScenarioConfig) -> dict[str, Any]:
     return {"events": cfg.events, "run": run, "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
 
 
+def scenario_backends(cfg: ScenarioConfig) -> dict[str, Any]:
+    """Model alone per backend × batch size (no services: the GPU script's sweep)."""
+    from bench.backends import best_row, sweep
+
+    assert cfg.artifact, "backends needs an artifact"
+    cache = Path(cfg.cache_dir or Path(cfg.artifact).parent / "inference-cache")
+    rows, _ = sweep(Path(cfg.artifact), torch.device(cfg.device), cfg.backends or ["eager"],
+                    cfg.sweep_batch_sizes, repeats=cfg.repeats, min_seconds=cfg.min_seconds,
+                    cache_dir=cache)
+    return {"backends": rows, "best": best_row(rows)}
+
+
 def _tuned_counter(cfg: ScenarioConfig, worker: Any) -> tuple[Any, dict[str, Any]]:
     """The worker's start-up twice: cold (tunes, fills the cache) then warm (reads it)."""
     import time
@@ -340,8 +353,9 @@ def _worker_knobs(settings: Any) -> dict[str, Any]:
             settings.s3.max_concurrency, "device": w.device}
 
 
-SCENARIOS = {"model": scenario_model, "decode": scenario_decode, "ceiling": scenario_ceiling,
-             "null-worker": scenario_null_worker, "e2e": scenario_e2e, "local": scenario_local}
+SCENARIOS = {"backends": scenario_backends, "model": scenario_model, "decode": scenario_decode,
+             "ceiling": scenario_ceiling, "null-worker": scenario_null_worker,
+             "e2e": scenario_e2e, "local": scenario_local}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -243,6 +243,17 @@ def _e2e_rows(sec: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def summarize_backends(sec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The standalone backend sweep (bench/gpu.sh): table and best model alone."""
+    if not sec or "error" in sec or not sec.get("backends"):
+        return None
+    sizes, table = _e2e_backend_table(sec)
+    best = sec.get("best") or {}
+    notes = [f"best model alone: {best.get('backend')} at batch {best.get('batch_size')}, "
+             f"{best.get('images_per_s', {}).get('median')} images/s"] if best else []
+    return {"backend_sizes": sizes, "backend_table": table, "notes": notes}
+
+
 def _e2e_backend_table(sec: dict[str, Any]) -> tuple[list[int], dict[str, dict[str, Any]]]:
     """backend -> {batch size -> images/s} from the interleaved sweep (errors as text)."""
     sizes = sorted({r["batch_size"] for r in sec.get("backends", []) if r.get("batch_size")})
@@ -373,8 +384,6 @@ def _e2e_targets(e: dict[str, Any]) -> list[dict[str, Any]]:
     where = f"best: {best.get('backend')} at batch {best.get('batch_size')}; " if best else ""
     note = where + ("" if e["efficiency"] >= E2E_VS_BEST_TARGET
                     else f"bottleneck: {e['bottleneck']}")
-    if e["unreliable"]:
-        note = "UNRELIABLE (machine contended, see e2e notes); " + note
     targets = [_target("worker e2e / best model alone (same run)", e["efficiency"],
                        E2E_VS_BEST_TARGET, note=note)]
     if e.get("best_vs_old") is not None:
@@ -390,7 +399,8 @@ def _e2e_targets(e: dict[str, Any]) -> list[dict[str, Any]]:
                         "met": warm <= STARTUP_WARM_TARGET_S, "note": "load + warm-up"})
     if e["unreliable"]:
         for t in targets:
-            t["note"] = ("UNRELIABLE (machine contended); " + t["note"]).rstrip("; ")
+            t["note"] = ("UNRELIABLE (machine contended, see e2e notes); "
+                         + t["note"]).rstrip("; ")
     return targets
 
 
@@ -415,6 +425,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     out["e2e"] = summarize_e2e(sections.get("e2e"), cores,
                                _rate(model_rows[0]) if model_rows else None)
     out["local"] = summarize_local(sections.get("local"))
+    out["backends"] = summarize_backends(sections.get("backends"))
     out["memory"] = summarize_memory(sections, _model_rows(sections))
     t = out["targets"]
     if out["e2e"]:

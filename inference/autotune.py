@@ -48,6 +48,7 @@ NEAR_BEST = 0.05
 MIN_WAIT_MS, MAX_WAIT_MS = 5, 1000
 # Backends compiled for one static shape: measured with one build per batch size.
 STATIC_SHAPE = ("compiled",)
+ROUNDS = 3
 
 
 class Measurement(BaseModel):
@@ -122,23 +123,28 @@ def _versions() -> str:
     return ", ".join(found) or "no exported-model runtimes"
 
 
-def measure(backend: Backend, batch_size: int, input_size: int,
-            seconds: float) -> Measurement:
-    """Images/s of ``backend`` at ``batch_size``: one warm-up forward, then timed forwards
-    for at least ``seconds`` (and 2 runs); the fastest run counts, since on a shared
-    machine other jobs only ever make a run slower."""
-    x = torch.randn(batch_size, 3, input_size, input_size)
-    backend.logits(x)
-    best, runs, started = float("inf"), 0, time.perf_counter()
-    while runs < 2 or time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
-        out = backend.logits(x)
-        if out.is_cuda:
-            torch.cuda.synchronize(out.device)
-        best = min(best, time.perf_counter() - t0)
-        runs += 1
-    return Measurement(backend=backend.name, batch_size=batch_size,
-                       images_per_s=batch_size / best, seconds_per_batch=best)
+def measure_interleaved(pairs: list[tuple[Backend, int]], input_size: int,
+                       seconds: float) -> list[Measurement]:
+    """Images/s of each (backend, batch size): one warm-up forward each, then ROUNDS passes
+    over all of them, ``seconds / ROUNDS`` (at least one forward) per configuration and pass.
+    The fastest forward counts: on a shared machine other jobs only ever slow a run down, and
+    interleaving exposes every configuration to the same drift in load."""
+    inputs = [torch.randn(bs, 3, input_size, input_size) for _, bs in pairs]
+    for (backend, _), x in zip(pairs, inputs, strict=True):
+        backend.logits(x)
+    best = [float("inf")] * len(pairs)
+    for _ in range(ROUNDS):
+        for i, ((backend, _), x) in enumerate(zip(pairs, inputs, strict=True)):
+            until, runs = time.perf_counter() + seconds / ROUNDS, 0
+            while runs < 1 or time.perf_counter() < until:
+                t0 = time.perf_counter()
+                out = backend.logits(x)
+                if out.is_cuda:
+                    torch.cuda.synchronize(out.device)
+                best[i] = min(best[i], time.perf_counter() - t0)
+                runs += 1
+    return [Measurement(backend=backend.name, batch_size=bs, images_per_s=bs / t,
+                        seconds_per_batch=t) for (backend, bs), t in zip(pairs, best, strict=True)]
 
 
 def choose(measurements: list[Measurement]) -> Measurement:
@@ -162,6 +168,7 @@ class Tuner:
         self.card: ModelCard = read_card(self.artifact)
         self.fingerprint = artifact_fingerprint(self.artifact)
         self.cache_dir = worker.inference_cache_dir / self.fingerprint[:16]
+        self._parity: dict[str, float] = {}  # backend -> max |Δprob| vs eager at load
 
     @functools.cached_property
     def model(self) -> nn.Module:
@@ -204,6 +211,7 @@ class Tuner:
         report = self.parity(backend)
         if not report.ok:
             raise BackendUnavailable(f"parity check failed: {report.describe()}")
+        self._parity[name] = report.max_abs_diff_prob
         return backend
 
     def parity(self, backend: Backend) -> ParityReport:
@@ -221,30 +229,27 @@ class Tuner:
         """Measure every candidate at every batch size; return the choice and its backend."""
         started = time.perf_counter()
         sizes = self.batch_sizes()
-        measurements: list[Measurement] = []
         skipped: dict[str, str] = {}
-        parity: dict[str, float] = {}
-        best: tuple[Measurement, Backend] | None = None
+        pairs: list[tuple[Backend, int]] = []
         for name in self.candidates():
-            pairs = self._instances(name, sizes, skipped)
-            for backend, bs in pairs:
-                parity[name] = self.parity(backend).max_abs_diff_prob
-                m = measure(backend, bs, self.card.input_size, self.worker.tune_seconds)
-                log.info("autotune: %s at batch %d: %.1f images/s", name, bs, m.images_per_s)
-                measurements.append(m)
-                if best is None or choose([best[0], m]) is m:
-                    best = (m, backend)
-            if pairs and self.pinned:  # a pinned backend that runs: no fallback to measure
+            found = self._instances(name, sizes, skipped)
+            pairs += found
+            if found and self.pinned:  # a pinned backend that runs: no fallback to measure
                 break
-        if best is None:
+        if not pairs:
             raise BackendUnavailable(f"no backend could run: {skipped}")
+        measurements = measure_interleaved(pairs, self.card.input_size,
+                                           self.worker.tune_seconds)
+        for m in measurements:
+            log.info("autotune: %s at batch %d: %.1f images/s", m.backend, m.batch_size,
+                     m.images_per_s)
         chosen = choose(measurements)
-        backend = best[1] if best[0] == chosen else self.load(chosen.backend,
-                                                              chosen.batch_size)
+        backend = next(b for b, bs in pairs
+                       if b.name == chosen.backend and bs == chosen.batch_size)
         result = TuneResult(
             backend=chosen.backend, batch_size=chosen.batch_size,
             max_wait_ms=wait_ms_for(chosen), images_per_s=chosen.images_per_s,
-            measurements=measurements, skipped=skipped, parity=parity,
+            measurements=measurements, skipped=skipped, parity=dict(self._parity),
             device=device_description(self.device), artifact=self.fingerprint,
             tuned_at=datetime.now(UTC), tune_seconds=time.perf_counter() - started)
         return result, backend

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from core.model.artifact import load_artifact
+from core.model.export import ONNX_FILE, OPENVINO_DIR, OPENVINO_FILE, export_onnx, export_openvino
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import WorkerSettings
 from inference.autotune import Measurement, choose, open_counter, tune_artifact, wait_ms_for
@@ -20,7 +22,13 @@ from inference.pipeline import InferencePipeline, PipelineConfig
 
 @pytest.fixture(scope="module")
 def artifact(model_artifact_factory: Callable[..., Path]) -> Path:
-    return model_artifact_factory("test-autotune", seed=7)
+    """An artifact with its exported forms (as `binaudit model export` leaves it), so each
+    test's fresh cache folder does not export again."""
+    path = model_artifact_factory("test-autotune", seed=7)
+    model, card = load_artifact(path)
+    export_openvino(export_onnx(model, card, path / ONNX_FILE),
+                    path / OPENVINO_DIR / OPENVINO_FILE)
+    return path
 
 
 def settings(cache: Path, **values: object) -> WorkerSettings:
@@ -53,6 +61,7 @@ def test_tunes_once_then_reads_the_cache(artifact: Path, tmp_path: Path) -> None
     assert result.images_per_s >= best.images_per_s * 0.95
     assert backend.name == result.backend
     assert result.parity["onnxruntime"] < 1e-3
+    assert not list(tmp_path.rglob("model.onnx"))  # the artifact's own export was used
     assert result.max_wait_ms >= 5
 
     again, backend2, _card, cached2 = tune_artifact(artifact, worker)
