@@ -79,6 +79,9 @@ class OnnxRuntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one request at a time: the pipeline's infer thread
+        # Idle ORT threads spin by default; in the worker they would take CPU from the decode
+        # pool, the S3 client and the Kafka poller between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _provider_list(provider, device, trt_cache, max_batch_size, input_size)
         self.session = ort.InferenceSession(str(path), sess_options=options,
                                             providers=providers)

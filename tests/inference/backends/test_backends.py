@@ -107,3 +107,22 @@ def test_onnxruntime_gpu_providers_missing_are_named(artifact: Path, cache: Path
 def test_torch_tensorrt_needs_an_nvidia_gpu(artifact: Path, cache: Path) -> None:
     with pytest.raises(BackendUnavailable, match="NVIDIA GPU"):
         TorchTensorRTBackend.load(context(artifact, cache, device="cuda"))
+
+
+@pytest.mark.slow
+def test_compiled_backend_matches_eager_and_keeps_its_cache(
+        model_artifact_factory: Callable[..., Path], tmp_path: Path, sample_dir: Path) -> None:
+    """torch.compile (inductor) on a small input: same predictions as eager, partial batches
+    padded to the one compiled shape, cache artifacts written for the next start."""
+    small = model_artifact_factory("test-compiled", input_size=96, seed=9)
+    eager = BinCounter.from_artifact(small, "cpu")
+    pre = Preprocessor(eager.card, LIMITS)
+    paths = sorted((sample_dir / "images").glob("*.jpg"))[:3]
+    rows = torch.stack([pre(p.read_bytes()) for p in paths])
+    backend = load_backend("compiled", context(small, tmp_path, max_batch=2))
+    counter = BinCounter(backend, eager.card)
+    got, want = counter.infer(rows), eager.infer(rows)  # 3 rows: one full batch + one padded
+    assert [p.count for p in got] == [p.count for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.confidence == pytest.approx(w.confidence, abs=FP32_TOLERANCE)
+    assert (tmp_path / "compile-cpu-b2.bin").stat().st_size > 0
