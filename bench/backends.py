@@ -8,6 +8,7 @@ between them stay fair. A backend that cannot run here is a row with its reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -106,3 +107,32 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The fastest configuration measured (the device's "best model alone")."""
     ok = [r for r in rows if "images_per_s" in r]
     return max(ok, key=lambda r: r["images_per_s"]["median"], default=None)
+
+
+def process_startup(artifact: Path, device: str, cache_dir: Path, backends: list[str],
+                    batch_sizes: list[int], *, timeout: float = 1500) -> dict[str, Any]:
+    """Wall time of ``binaudit model tune-inference`` in a fresh process (imports, artifact,
+    tuning or the cached choice, loading the chosen backend): once with an empty cache, once
+    with it warm — the start-up a worker pays before its first poll."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BINAUDIT_WORKER__DEVICE": device,
+           "BINAUDIT_WORKER__INFERENCE_CACHE_DIR": str(cache_dir),
+           "BINAUDIT_WORKER__BACKEND": "auto",
+           "BINAUDIT_WORKER__TUNE_BACKENDS": json.dumps([b for b in backends if b != "eager"]),
+           "BINAUDIT_WORKER__TUNE_BATCH_SIZES": json.dumps(batch_sizes)}
+    env.pop("BINAUDIT_WORKER__MAX_BATCH_SIZE", None)
+    out: dict[str, Any] = {}
+    for phase in ("cold", "warm"):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "binaudit", "model", "tune-inference",
+                               str(artifact)], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        out[f"{phase}_s"] = round(time.perf_counter() - started, 1)
+        out[f"{phase}_rc"] = done.returncode
+        out[f"{phase}_chosen"] = next((line for line in done.stdout.splitlines()
+                                       if line.startswith("chosen:")), done.stderr[-300:])
+        log.info("process start-up (%s cache): %.1fs", phase, out[f"{phase}_s"])
+    return out

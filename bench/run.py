@@ -127,6 +127,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else list(DEFAULT_BACKENDS.get(device, ("eager",))),
             "sweep_batch_sizes": prof.sweep_batch_sizes,
             "cache_dir": str(work / "inference-cache")}, timeout=args.e2e_timeout)
+    if "startup" in wanted:
+        sections["startup"] = runner.run("startup", {
+            **base, "backends": list(DEFAULT_BACKENDS.get(device, ("eager",))),
+            "sweep_batch_sizes": prof.sweep_batch_sizes,
+            "cache_dir": str(work / "startup-cache")}, timeout=args.e2e_timeout)
     if "local" in wanted:
         sections["local"] = runner.run("local", {
             **base, "batch_size": batch, "events": prof.local_events,
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--name", help="results file stem (default <host>-<device>)")
     p.add_argument("--sections", default="model,compile,decode,ceiling,memory,e2e",
-                   help="comma list of model,compile,decode,ceiling,memory,e2e,local")
+                   help="comma list of model,compile,decode,ceiling,memory,e2e,startup,local")
     p.add_argument("--batch-size", type=int, help="worker batch size (default: settings)")
     p.add_argument("--events", type=int, default=0, help="e2e events (default: ~2 min worth)")
     p.add_argument("--db-name", default="binaudit_bench")

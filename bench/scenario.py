@@ -189,6 +189,16 @@ def scenario_backends(cfg: ScenarioConfig) -> dict[str, Any]:
     return {"backends": rows, "best": best_row(rows)}
 
 
+def scenario_startup(cfg: ScenarioConfig) -> dict[str, Any]:
+    """A fresh process's start-up with autotuning: empty cache, then warm."""
+    from bench.backends import process_startup
+
+    assert cfg.artifact, "startup needs an artifact"
+    cache = Path(cfg.cache_dir or Path(cfg.artifact).parent / "startup-cache")
+    return process_startup(Path(cfg.artifact), cfg.device, cache, cfg.backends or ["eager"],
+                           cfg.sweep_batch_sizes)
+
+
 def _tuned_counter(cfg: ScenarioConfig, worker: Any) -> tuple[Any, dict[str, Any]]:
     """The worker's start-up twice: cold (tunes, fills the cache) then warm (reads it)."""
     import time
@@ -353,7 +363,8 @@ def _worker_knobs(settings: Any) -> dict[str, Any]:
             settings.s3.max_concurrency, "device": w.device}
 
 
-SCENARIOS = {"backends": scenario_backends, "model": scenario_model, "decode": scenario_decode,
+SCENARIOS = {"backends": scenario_backends, "startup": scenario_startup,
+             "model": scenario_model, "decode": scenario_decode,
              "ceiling": scenario_ceiling, "null-worker": scenario_null_worker,
              "e2e": scenario_e2e, "local": scenario_local}
 
