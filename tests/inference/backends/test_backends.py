@@ -110,6 +110,7 @@ def test_torch_tensorrt_needs_an_nvidia_gpu(artifact: Path, cache: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # inductor compiles C++ kernels: ~11 min on 2 contended cores
 def test_compiled_backend_matches_eager_and_keeps_its_cache(
         model_artifact_factory: Callable[..., Path], tmp_path: Path, sample_dir: Path) -> None:
     """torch.compile (inductor) on a small input: same predictions as eager, partial batches
