@@ -1,4 +1,4 @@
-"""``bench/gpu.sh``: the CUDA benchmarks in one bounded run (under 8 minutes on an H200).
+"""``bench/gpu.sh``: the CUDA benchmarks in one bounded run (under 9 minutes on an H200).
 
 No services and no network: the model, decode and in-process pipeline only. Order puts what
 the targets need first and spends what is left of the budget on torch.compile:

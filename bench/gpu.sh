@@ -11,5 +11,5 @@ if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# The script keeps its own budget (--budget-s, default 420 s); this is only a backstop.
-exec timeout --kill-after=10 475 "$PY" -m bench.gpu "$@"
+# The script keeps its own budget (--budget-s, default 480 s); this is only a backstop.
+exec timeout --kill-after=10 540 "$PY" -m bench.gpu "$@"
