@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--name", help="results file stem (default <host>-<device>)")
-    p.add_argument("--sections", default="model,compile,decode,ceiling,memory,e2e",
+    p.add_argument("--sections", default="model,compile,decode,ceiling,memory,e2e,startup",
                    help="comma list of model,compile,decode,ceiling,memory,e2e,startup,local")
     p.add_argument("--batch-size", type=int, help="worker batch size (default: settings)")
     p.add_argument("--events", type=int, default=0, help="e2e events (default: ~2 min worth)")
