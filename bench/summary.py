@@ -286,7 +286,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if isinstance(startup, dict) and "warm_s" in startup:
         t.append(_startup_target(float(startup["warm_s"]), (
             f"fresh process (`binaudit model tune-inference`, imports included); empty cache: "
-            f"{startup['cold_s']} s; {startup.get('warm_chosen', '')}")))
+            f"{startup['cold_s']} s; {startup.get('warm_chosen', '')}"), "fresh process"))
     if ceiling:
         t.append(_target("pipeline ceiling / slowest component", ceiling["ratio"],
                          CEILING_TARGET, note=f"slowest: {ceiling['slowest']}; worker: "
