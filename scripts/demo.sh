@@ -47,7 +47,7 @@ say "model: $MODEL"
 
 RUN="demo-$(date -u +%Y%m%dT%H%M%SZ)"
 say "publishing the sample as bin events to topic $RUN"
-"$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN"
+"$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN" --with-metadata
 
 say "worker: consuming $RUN until drained"
 "$BIN/binaudit" worker --topic "$RUN" --group "$RUN" --model "$MODEL" --exit-when-idle 5 \
@@ -58,3 +58,16 @@ say "summary"
 echo
 echo "Note: a model trained by this demo saw 80% of these same bins in training, so the accuracy"
 echo "above is not a held-out score. Held-out numbers and how to reproduce them: README, Results."
+
+say "auditor console: a demo reviewer account"
+DEMO_USER=demo-reviewer
+DEMO_PASSWORD=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(12))')
+BINAUDIT_CONSOLE_PASSWORD="$DEMO_PASSWORD" "$BIN/binaudit" console user add "$DEMO_USER" \
+    --role reviewer
+CONSOLE_URL=$("$BIN/python" -c 'from core.settings import Settings
+c = Settings().console; print(f"http://{c.host}:{c.port}/")')
+echo
+echo "Review the mismatches in a browser:"
+echo "  start it:  $BIN/binaudit console"
+echo "  open:      $CONSOLE_URL"
+echo "  sign in:   $DEMO_USER / $DEMO_PASSWORD   (reviewer)"
