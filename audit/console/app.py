@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class Console:
     engine: Engine
     images: ImageStore
     templates: Jinja2Templates
+    # days -> (monotonic time computed, overview data)
+    overview_cache: dict[int, tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
     def render(self, request: Request, name: str, status_code: int = 200,
                **context: Any) -> Response:

@@ -172,20 +172,18 @@ def thumbnail(request: Request, discrepancy_id: int) -> Response:
     return _picture(request, discrepancy_id, thumb=True)
 
 
-_overview_cache: dict[int, tuple[float, dict[str, Any]]] = {}
-
-
 @router.get("/overview")
 def overview_page(request: Request, days: int = Query(14, ge=1, le=366)) -> Response:
     console = request.app.state.console
     account = _account(request)
-    cached = _overview_cache.get(days)
+    cache = console.overview_cache
+    cached = cache.get(days)
     if cached and time.monotonic() - cached[0] < console.settings.console.overview_cache_s:
         data = cached[1]
     else:
         with as_account(console.engine, account) as conn:
             data = overview(conn, days=days)
-        _overview_cache[days] = (time.monotonic(), data)
+        cache[days] = (time.monotonic(), data)
     return console.render(request, "overview.html", days=days, data=data,
                           charts=_charts(data))
 
