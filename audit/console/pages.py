@@ -4,13 +4,14 @@ the account again and runs its SQL in one transaction as that account's database
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
@@ -142,8 +143,6 @@ def review(request: Request, discrepancy_id: int, csrf: str = Form(""),
 
 
 def _q(filters: QueueFilter) -> str:
-    from urllib.parse import urlencode
-
     qs = filters.query_string()
     return urlencode({"q": qs}) if qs else ""
 
@@ -231,8 +230,6 @@ def export(request: Request, images: bool = Query(False)) -> Response:
     if not images:
         return FileResponse(report.path, media_type="text/csv", background=cleanup,
                             filename=f"binaudit-reviewed-{stamp}.csv")
-    import shutil
-
     archive = shutil.make_archive(str(work / f"binaudit-reviewed-{stamp}"), "zip",
                                   root_dir=work / "data")
     return FileResponse(archive, media_type="application/zip", background=cleanup,
@@ -240,6 +237,4 @@ def export(request: Request, images: bool = Query(False)) -> Response:
 
 
 def _remove(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
