@@ -44,8 +44,9 @@ def _need_browser() -> None:
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     _need_browser()
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download anything
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -150,6 +151,12 @@ def test_reviewer_works_the_queue(browser: Any, server: str, console_seed: Seede
     assert driver.find_element(By.ID, "manifest").is_displayed()
     assert len(driver.find_elements(By.CSS_SELECTOR, "#prob-bars .bar-row")) == 5
     driver.save_screenshot(str(SHOTS / "console-bin.png"))
+    # the image zooms (z) and back
+    zoom = driver.find_element(By.ID, "zoom")
+    driver.find_element(By.TAG_NAME, "body").send_keys("z")
+    assert "zoomed" in zoom.get_attribute("class")
+    driver.find_element(By.TAG_NAME, "body").send_keys("z")
+    assert "zoomed" not in zoom.get_attribute("class")
     # confirm with a count using the keyboard: digit, then c; the next bin opens
     body = driver.find_element(By.TAG_NAME, "body")
     body.send_keys("7")
