@@ -1,4 +1,4 @@
-"""Data: label sources -> a seeded, stratified split manifest; cached in-memory image tensors.
+"""Data: label sources -> a seeded, stratified split manifest (images load lazily: datasets.py).
 
 A manifest is a JSON file (plus a CSV copy for people) listing every usable image once with its
 count, class index and split, the data fingerprint, and what was excluded or missing. Ids are
@@ -17,10 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import PIL.Image
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -235,52 +232,3 @@ def read_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise DataError(f"manifest {path} not found (create it with `binaudit train prepare`)")
     return Manifest.model_validate_json(path.read_text())
-
-
-# ---- tensors -----------------------------------------------------------------------------------
-
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Decode -> RGB -> Resize((size, size)) -> uint8 CHW (ToTensor later divides by 255)."""
-    from torchvision.transforms import functional as F
-
-    with PIL.Image.open(path) as im:
-        resized = F.resize(im.convert("RGB"), [size, size])
-    return F.pil_to_tensor(resized)
-
-
-_CACHE: dict[tuple[str, int], torch.Tensor] = {}
-
-
-def load_split(items: Sequence[ManifestItem], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of ``items`` as one uint8 tensor (N, 3, size, size) and labels (N,).
-
-    Decoded images are cached in memory per (path, size): the datasets here are small, and
-    repeated epochs and tuning trials then cost no decoding.
-    """
-    images = []
-    for item in items:
-        key = (item.image_path, size)
-        if key not in _CACHE:
-            _CACHE[key] = load_image(item.image_path, size)
-        images.append(_CACHE[key])
-    if not images:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
-    return torch.stack(images), torch.tensor([item.label for item in items], dtype=torch.long)
-
-
-class TensorImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Cached uint8 images; random horizontal flip when ``train`` (normalised on the device)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, train: bool) -> None:
-        self.images = images
-        self.labels = labels
-        self.train = train
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        if self.train and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, self.labels[index]

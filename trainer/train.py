@@ -30,7 +30,8 @@ from core.scoring import counting_metrics, majority_baseline, scalar_metrics
 from trainer import checkpoint as ckpt
 from trainer import distributed as d
 from trainer.config import FitConfig
-from trainer.data import Manifest, TensorImages, load_split, read_manifest
+from trainer.data import Manifest, ManifestItem, read_manifest
+from trainer.datasets import CountingImages, Decode, make_loader
 from trainer.engine import PassStats, Preprocess, evaluate, train_one_epoch
 from trainer.profiling import ProfileWindow, write_report
 
@@ -77,22 +78,27 @@ def code_version() -> str:
 def _loaders(
     manifest: Manifest, config: FitConfig, info: d.DistInfo
 ) -> tuple[DataLoader[Any], DistributedSampler[Any], dict[str, DataLoader[Any]]]:
-    train = TensorImages(*load_split(manifest.split("train"), config.image_size), train=True)
+    decode = Decode(config.image_size, config.decode)
+    train = CountingImages(_pairs(manifest.split("train")), decode, augment=config.augment)
     # A DistributedSampler even for one process: its order depends on (seed, epoch) only, so a
     # resumed run sees exactly the batches an uninterrupted run would have.
     sampler: DistributedSampler[Any] = DistributedSampler(
         train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed)
     pin = config.device != "cpu" and torch.cuda.is_available()
-    train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler,
-                              num_workers=config.workers, pin_memory=pin)
+    train_loader = make_loader(train, batch_size=config.batch_size, workers=config.workers,
+                               pin_memory=pin, sampler=sampler)
     evals = {}
     for split in ("val", "test"):
-        ds = TensorImages(*load_split(manifest.split(split), config.image_size), train=False)
+        ds = CountingImages(_pairs(manifest.split(split)), decode)
         # Strided shards without padding, so summed metrics count every image exactly once.
         shard = Subset(ds, range(info.rank, len(ds), info.world_size))
-        evals[split] = DataLoader(shard, batch_size=max(config.batch_size, 64),
-                                  num_workers=config.workers, pin_memory=pin)
+        evals[split] = make_loader(shard, batch_size=max(config.batch_size, 64),
+                                   workers=config.workers, pin_memory=pin)
     return train_loader, sampler, evals
+
+
+def _pairs(items: list[ManifestItem]) -> list[tuple[str, int]]:
+    return [(item.image_path, item.label) for item in items]
 
 
 def _model(config: FitConfig, n_classes: int, device: torch.device,
@@ -227,6 +233,7 @@ def _write_outputs(config: FitConfig, manifest: Manifest, model: nn.Module, resu
         card = ModelCard(
             version=config.version, architecture=config.model, class_counts=manifest.classes,
             input_size=config.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            decode=config.decode,
             metrics=card_metrics, data_fingerprint=manifest.fingerprint,
             hyperparameters=config.hyperparameters(), created_at=datetime.now(UTC),
             code_version=code_version())
