@@ -78,6 +78,14 @@ def augmentation(policy: Augment, size: int) -> v2.Transform | None:
     return count_preserving_augment(size)
 
 
+def list_object_sizes(cfg: S3Settings, bucket: str, prefix: str) -> dict[str, int]:
+    """key -> size of every object under ``prefix`` (one paged listing, no downloads)."""
+    paginator = _s3_client(cfg).get_paginator("list_objects_v2")
+    return {obj["Key"]: int(obj["Size"])
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])}
+
+
 def count_preserving_augment(size: int) -> v2.Transform:
     """Flips, 90-degree turns, a mild crop and mild colour: none adds or removes an item.
 
