@@ -194,7 +194,12 @@ class ConsoleSettings(BaseModel):
     trusted_user_header: str | None = None
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     page_size: int = Field(50, ge=1, le=500)
-    # Images are proxied from S3 by the console; browsers may cache them this long.
+    # Full images: "proxy" (the console fetches and serves them; browsers need no S3 access)
+    # or "presigned" (a redirect to a presigned S3 URL valid presigned_url_ttl_s; browsers
+    # must reach S3). Thumbnails are always made and served by the console.
+    image_delivery: Literal["proxy", "presigned"] = "proxy"
+    presigned_url_ttl_s: int = Field(300, ge=30, le=3600)
+    # Browsers may cache proxied images this long.
     image_max_age_s: int = Field(300, ge=0)
     image_cache_mb: int = Field(64, ge=0)
     thumbnail_px: int = Field(160, ge=32, le=1024)

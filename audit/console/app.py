@@ -80,7 +80,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="binaudit console", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.console = console
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, image_origin=console.images.origin()
+                       if cfg.image_delivery == "presigned" else None)
     app.add_middleware(SessionMiddleware, secret_key=cfg.session_secret.get_secret_value(),
                        session_cookie="binaudit_console", max_age=cfg.session_max_age_s,
                        same_site="lax", https_only=cfg.secure_cookies)

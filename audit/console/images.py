@@ -109,6 +109,8 @@ class ImageStore:
                           retries={"max_attempts": 2, "mode": "standard"},
                           max_pool_connections=16))
         self._cache = _LruBytes(settings.console.image_cache_mb * 1024 * 1024)
+        self.presigned_ttl_s = settings.console.presigned_url_ttl_s
+        self.endpoint_url = cfg.endpoint_url
 
     def _get(self, bucket: str, key: str) -> bytes | None:
         cache_key = f"obj:{bucket}/{key}"
@@ -147,6 +149,37 @@ class ImageStore:
             return PLACEHOLDER
         kind = _media_type(data)
         return Picture(data, kind, True) if kind else PLACEHOLDER
+
+    def presigned_url(self, image_uri: str | None) -> str | None:
+        """A short-lived GET URL for the image, None when it cannot be shown (checked with a
+        HEAD first, cached: a missing image is a placeholder, not a broken link)."""
+        where = self._locate(image_uri)
+        if where is None:
+            return None
+        cache_key = f"head:{where[0]}/{where[1]}"
+        exists = self._cache.get(cache_key)
+        if exists is None:
+            try:
+                head = self._client.head_object(Bucket=where[0], Key=where[1])
+                exists = str(head.get("ContentType", "")).startswith("image/") or \
+                    where[1].lower().endswith((".jpg", ".jpeg", ".png"))
+            except ClientError:
+                exists = False
+            except BotoCoreError as exc:
+                log.warning("s3://%s/%s: %s", where[0], where[1], exc)
+                return None
+            self._cache.put(cache_key, exists, 64)
+        if not exists:
+            return None
+        return str(self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": where[0], "Key": where[1]},
+            ExpiresIn=self.presigned_ttl_s))
+
+    def origin(self) -> str:
+        """Where presigned URLs point (for the Content-Security-Policy's img-src)."""
+        if not self.endpoint_url:  # AWS: virtual-hosted or path-style, any region
+            return "https://*.amazonaws.com"
+        return "/".join(self.endpoint_url.split("/")[:3])
 
     def thumbnail(self, image_uri: str | None) -> Picture:
         where = self._locate(image_uri)

@@ -163,7 +163,16 @@ def _picture(request: Request, discrepancy_id: int, thumb: bool) -> Response:
 
 @router.get("/bins/{discrepancy_id}/image")
 def image(request: Request, discrepancy_id: int) -> Response:
-    return _picture(request, discrepancy_id, thumb=False)
+    console = request.app.state.console
+    if console.settings.console.image_delivery != "presigned":
+        return _picture(request, discrepancy_id, thumb=False)
+    account = _account(request)
+    with as_account(console.engine, account) as conn:
+        row = discrepancy(conn, discrepancy_id)
+    url = console.images.presigned_url(row["image_uri"] if row else None)
+    if url is None:
+        return _picture(request, discrepancy_id, thumb=False)  # the placeholder
+    return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/bins/{discrepancy_id}/thumb")

@@ -18,7 +18,7 @@ from core.settings import ConsoleSettings
 
 log = logging.getLogger(__name__)
 
-CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; "
+CSP = ("default-src 'self'; img-src 'self' data:{extra}; script-src 'self'; "
        "style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'; object-src 'none'")
 
@@ -78,9 +78,13 @@ def current_account(request: Request, engine: Engine, cfg: ConsoleSettings) -> A
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
+    def __init__(self, app: Any, image_origin: str | None = None) -> None:
+        super().__init__(app)
+        self.csp = CSP.format(extra=f" {image_origin}" if image_origin else "")
+
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("Content-Security-Policy", self.csp)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")

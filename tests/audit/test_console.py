@@ -243,3 +243,22 @@ def test_user_add_command(services: Settings, clean_db: Engine) -> None:
         [sys.executable, "-m", "binaudit", "console", "user", "add", "dave", "--password", "x"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert short.returncode == 2 and "at least" in short.stderr
+
+
+def test_presigned_image_delivery(console_seed: Seeded) -> None:
+    cfg = console_seed.settings.console.model_copy(update={
+        "image_delivery": "presigned", "presigned_url_ttl_s": 120})
+    app = create_app(console_seed.settings.model_copy(update={"console": cfg}))
+    client = _client(app, VIEWER)
+    page = client.get("/queue")
+    assert console_seed.settings.s3.endpoint_url in page.headers["content-security-policy"]
+    moved = client.get(f"/bins/{console_seed.ids['top']}/image")
+    assert moved.status_code == 307
+    url = moved.headers["location"]
+    assert url.startswith(f"{console_seed.settings.s3.endpoint_url}/") and "Expires" in url
+    import httpx
+
+    fetched = httpx.get(url, timeout=30)
+    assert fetched.status_code == 200 and fetched.content[:3] == b"\xff\xd8\xff"
+    missing = client.get(f"/bins/{console_seed.ids['missing_image']}/image")
+    assert missing.status_code == 200 and missing.headers["x-binaudit-image"] == "missing"
