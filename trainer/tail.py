@@ -98,6 +98,9 @@ def augment(x: torch.Tensor, cfg: TailConfig, gen: torch.Generator) -> torch.Ten
     """(B, V, ...) cached views -> (B, ...) float32, a random count-preserving variant each."""
     b, v = x.shape[0], x.shape[1]
     out = x[torch.arange(b), torch.randint(0, v, (b,), generator=gen)].float()
+    if out.dim() == 4 and v == 1:  # no cached flip (`train cache --no-flip`): flip the maps
+        hflip = torch.rand(b, generator=gen) < 0.5
+        out[hflip] = out[hflip].flip(3)
     if out.dim() == 4 and cfg.rotate:
         vflip = torch.rand(b, generator=gen) < 0.5
         out[vflip] = out[vflip].flip(2)
