@@ -59,6 +59,9 @@ def cv_cmd(
     results_json: Path = Path("trainer/results/cv.json"),
     epochs: Annotated[int | None, Opt(help="Override every recipe's epochs (quick runs).")
                       ] = None,
+    tail_epochs: Annotated[int | None, Opt(
+        help="Override the epochs of fine-tuning (tail) recipes only, when a CPU cannot "
+             "afford k full fits; recorded in the results.")] = None,
 ) -> None:
     """Stratified k-fold CV of the recipes; writes the table into RESULTS.md and a JSON."""
     names = recipe or list(RECIPES)
@@ -68,7 +71,8 @@ def cv_cmd(
     head_only = all(RECIPES[n].mode != "tail" for n in names)
     loaded = load_cache(cache, pooled=head_only)
     # How much of the backbone is frozen is a property of the cache.
-    recipes = {n: _with_epochs(RECIPES[n], epochs).model_copy(
+    recipes = {n: _with_epochs(RECIPES[n], tail_epochs if RECIPES[n].mode == "tail" and
+                               tail_epochs is not None else epochs).model_copy(
         update={"cut": int(loaded.meta["cut"])}) for n in names}
     if not head_only:
         pooled = load_cache(cache, pooled=True)
@@ -81,9 +85,12 @@ def cv_cmd(
                "repeats": repeats, "seconds": time.perf_counter() - started,
                "image_size": loaded.meta["size"], "decode": "draft" if loaded.meta["draft"]
                else "full", "cut": loaded.meta["cut"], "code_version": code_version()}
-    cv.write_results(results, recipes, DESCRIPTIONS, json_path=results_json,
+    descriptions = {n: DESCRIPTIONS[n] + (f" ({cfg.epochs} epochs in CV)"
+                                          if cfg.epochs != RECIPES[n].epochs else "")
+                    for n, cfg in recipes.items()}
+    cv.write_results(results, recipes, descriptions, json_path=results_json,
                      markdown=results_md, context=context)
-    console.print(cv.markdown_table(cv.summarize(results), DESCRIPTIONS))
+    console.print(cv.markdown_table(cv.summarize(results), descriptions))
     console.print(f"written to {results_md} and {results_json}")
 
 
