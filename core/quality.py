@@ -184,3 +184,52 @@ def pr_curve(rows: Sequence[TruthRow]) -> dict[str, list[float]]:
     precision, recall, threshold = precision_recall_curve(
         [float(r.score or 0.0) for r in judged], [r.wrong for r in judged])
     return {"precision": precision, "recall": recall, "threshold": threshold}
+
+
+def json_safe(value: Any) -> Any:
+    """NaN -> None, recursively (JSON has no NaN; an undefined rate is null)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def headline(q: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) rows of an :func:`audit_quality` result, for tables people read."""
+    rows = [
+        ("bins (wrong manifests)", f"{q['bins']} ({q['wrong_manifests']})"),
+        ("coverage: match or mismatch", _pct(q["coverage"])),
+        ("false-alarm rate on correct manifests",
+         f"{_pct(q['false_alarm_rate'])} ({q['false_alarms']}/{q['judged_correct']})"),
+        ("recall of wrong manifests",
+         f"{_pct(q['recall'])} ({q['wrong_flagged']}/{q['judged_wrong']})"),
+        ("mismatch precision", _pct(q["mismatch_precision"])),
+        ("AUROC of the score", _num(q["auroc"])),
+        ("average precision of the score (random: base rate)",
+         f"{_num(q['average_precision'])} ({_num(q['wrong_rate_judged'])})"),
+    ]
+    for name, b in q["review_budgets"].items():
+        rows.append((f"precision at review budget {name} (k={b['k']})", _pct(b["precision"])))
+    for label, key in (("kind", "recall_by_kind"), ("size", "recall_by_size")):
+        for name, g in q[key].items():
+            rows.append((f"recall, {label} {name}",
+                         f"{_pct(g['recall'])} ({g['flagged']}/{g['judged']}, n={g['n']})"))
+    return rows
+
+
+def markdown(q: dict[str, Any]) -> str:
+    """An :func:`audit_quality` result as a Markdown table."""
+    lines = ["| audit quality | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in headline(q)]
+    return "\n".join(lines) + "\n"

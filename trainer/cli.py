@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from core.cliutil import console, fail, settings_of
 from core.db import open_engine
 from core.model.card import ArtifactError, new_version
+from core.quality import headline
 from trainer import data
 from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
@@ -238,7 +240,7 @@ def evaluate_cmd(
     out: Annotated[Path | None, Opt(help="JSON to write (default <artifact>/eval-<split>.json)")
                    ] = None,
 ) -> None:
-    """Accuracy, RMSE, per-class and off-by-one accuracy, confusion matrix of an artifact."""
+    """Accuracy, RMSE, confusion matrix, calibration and audit quality of an artifact."""
     try:
         result = evaluate_artifact(artifact, manifest, split=split)
     except ArtifactError as exc:
@@ -246,6 +248,11 @@ def evaluate_cmd(
     path = write_evaluation(result, out or artifact / f"eval-{split}.json")
     console.print(json.dumps({k: result[k] for k in ("n", "accuracy", "rmse",
                                                      "off_by_one_accuracy")}))
+    table = Table("audit quality (each image once with a correct, once with a wrong manifest)",
+                  "value")
+    for name, value in headline(result["audit_quality"]):
+        table.add_row(name, value)
+    console.print(table)
     console.print(f"written to {path}")
 
 

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 
 from core import plots
 from core.model.artifact import load_artifact
+from core.model.calibration import calibrated_probabilities, expected_calibration_error
+from core.model.card import ModelCard
 from core.model.preprocess import eval_transform
+from core.quality import TruthRow, audit_quality, json_safe, pr_curve
 from core.scoring import counting_metrics
+from core.truth import WRONG_MANIFEST_KINDS, perturbed_count
+from inference.compare import decide, prediction_from_logits
 from trainer.data import read_manifest
 
 
@@ -31,23 +39,71 @@ def evaluate_artifact(
     transform = eval_transform(card)
     items = manifest.split(split)
     y_pred: list[int] = []
+    rows: list[list[float]] = []
     for start in range(0, len(items), batch_size):
         batch = []
         for item in items[start:start + batch_size]:
             with PIL.Image.open(item.image_path) as im:
                 batch.append(transform(im))
-        logits = model(torch.stack(batch).to(device))
+        logits = model(torch.stack(batch).to(device)).float()
         y_pred.extend(card.class_counts[i] for i in logits.argmax(1).tolist())
-    metrics = counting_metrics([i.count for i in items], y_pred, card.class_counts)
+        rows.extend(logits.cpu().tolist())
+    true_counts = [i.count for i in items]
+    metrics = counting_metrics(true_counts, y_pred, card.class_counts)
     return {"artifact": str(artifact), "version": card.version, "split": split,
             "manifest_fingerprint": manifest.fingerprint,
-            "artifact_fingerprint": card.data_fingerprint, **metrics}
+            "artifact_fingerprint": card.data_fingerprint, **metrics,
+            **audit_evaluation(rows, true_counts, card, ids=[i.id for i in items])}
+
+
+def audit_evaluation(logits: Sequence[Sequence[float]], true_counts: Sequence[int],
+                     card: ModelCard, *, ids: Sequence[str], seed: int = 0) -> dict[str, Any]:
+    """Calibration and audit quality of the card's policy on a labelled split.
+
+    Every image is judged twice, as a bin with a correct manifest and as one with a wrong
+    manifest (a seeded kind of :data:`WRONG_MANIFEST_KINDS`), through the worker's own
+    ``prediction_from_logits`` and ``decide``. Half the manifests are wrong here, so precision
+    is higher than at a production base rate; the false-alarm rate and recall are not.
+    """
+    rng = random.Random(f"{seed}:evaluate")
+    index = {c: i for i, c in enumerate(card.class_counts)}
+    rows: list[TruthRow] = []
+    for ident, row, true in zip(ids, logits, true_counts, strict=True):
+        prediction = prediction_from_logits(row, card)
+        kinds = list(WRONG_MANIFEST_KINDS)
+        rng.shuffle(kinds)
+        wrong = next(((k, m) for k in kinds
+                      if (m := perturbed_count(true, k, rng, true_counts)) is not None), None)
+        for suffix, manifest, kind in ((":correct", true, None),
+                                       *([(":wrong", wrong[1], wrong[0])] if wrong else [])):
+            verdict = decide(prediction, expected=manifest, supported_counts=card.class_counts,
+                             policy=card.decision)
+            rows.append(TruthRow(ident + suffix, manifest, true, verdict.status.value,
+                                 verdict.discrepancy_score, kind))
+    known = [(r, index[t]) for r, t in zip(logits, true_counts, strict=True) if t in index]
+    z = np.asarray([r for r, _ in known], dtype=np.float64).reshape(-1, len(index))
+    y = np.asarray([t for _, t in known], dtype=np.int64)
+    return {
+        "calibration": {"temperature": card.calibration.temperature,
+                        "ece_before": expected_calibration_error(calibrated_probabilities(z), y),
+                        "ece_after": expected_calibration_error(
+                            calibrated_probabilities(z, card.calibration.temperature), y)},
+        "decision": card.decision.model_dump(mode="json"),
+        "audit_quality": audit_quality(rows),
+        "pr_curve": pr_curve(rows),
+    }
 
 
 def write_evaluation(result: dict[str, Any], out: Path) -> Path:
-    """``out`` (JSON) plus the confusion matrix PNG next to it."""
+    """``out`` (JSON) plus the confusion matrix and precision-recall PNGs next to it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     plots.confusion(result["confusion_matrix"], result["classes"],
                     out.with_suffix(".confusion.png"), title=f"{result['split']} confusion")
+    quality = result["audit_quality"]
+    plots.precision_recall(result["pr_curve"], out.with_suffix(".pr.png"),
+                           base_rate=quality["wrong_rate_judged"],
+                           operating_point=(quality["recall"], quality["mismatch_precision"]),
+                           title=f"{result['split']}: discrepancy score")
     return out
+
