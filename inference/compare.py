@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.model.calibration import calibrated_probabilities
+from core.model.calibration import calibrated_probabilities, reaches
 from core.model.card import DecisionPolicy, ModelCard
 from core.settings import WorkerSettings
 from schemas.records import VerdictStatus
@@ -85,15 +85,16 @@ def decide(prediction: Prediction, *, expected: int, supported_counts: Sequence[
     ``unsupported`` first: a model that can only say 1..5 never judges a bin of 12 (or 0).
     ``mismatch`` needs strong evidence: the discrepancy score reaches ``mismatch_min_score``
     and the model prefers another count. ``match`` needs P(manifest count) >=
-    ``match_min_p``. Everything in between is ``uncertain``.
+    ``match_min_p``. Everything in between is ``uncertain``. A threshold of 1 decides nothing
+    (a probability rounded to 0 or 1 is not evidence enough for a policy that refused).
     """
     p = prediction.p_of(expected) if expected in supported_counts else None
     if p is None:
         return Verdict(VerdictStatus.UNSUPPORTED, None, None)
     score = 1.0 - p
-    if score >= policy.mismatch_min_score and prediction.count != expected:
+    if bool(reaches(score, policy.mismatch_min_score)) and prediction.count != expected:
         status = VerdictStatus.MISMATCH
-    elif p >= policy.match_min_p:
+    elif bool(reaches(p, policy.match_min_p)):
         status = VerdictStatus.MATCH
     else:
         status = VerdictStatus.UNCERTAIN

@@ -23,7 +23,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
 from trainer.config import FitConfig, read_hyperparameters
 from trainer.distributed import dist_info
-from trainer.evaluate import evaluate_artifact, write_evaluation
+from trainer.evaluate import calibrate_artifact, evaluate_artifact, write_evaluation
 from trainer.fetch import fetch_with_settings
 from trainer.registry import register_artifact
 from trainer.train import fit
@@ -254,6 +254,25 @@ def evaluate_cmd(
         table.add_row(name, value)
     console.print(table)
     console.print(f"written to {path}")
+
+
+@train_app.command("calibrate")
+def calibrate_cmd(
+    artifact: Path,
+    manifest: Path = DEFAULT_MANIFEST,
+    split: Annotated[str, Opt(help="Split to fit on (never the test split you report).")
+                     ] = "val",
+    target_false_alarm_rate: Annotated[float, Opt(min=0.0, max=1.0)] = 0.05,
+) -> None:
+    """(Re)fit an artifact's temperature and decision thresholds on a split; rewrites its card."""
+    try:
+        card = calibrate_artifact(artifact, manifest, split=split, target=target_false_alarm_rate)
+    except (ArtifactError, ValueError) as exc:
+        fail(str(exc))
+    cal, dec = card.calibration, card.decision
+    console.print(f"{card.version}: temperature {cal.temperature:.3f} (ECE {cal.ece_before} -> "
+                  f"{cal.ece_after}); match when P >= {dec.match_min_p:.4f}, mismatch when "
+                  f"1 - P >= {dec.mismatch_min_score:.4f}; measured on {split}: {dec.measured}")
 
 
 @train_app.command("quickstart")

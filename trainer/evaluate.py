@@ -14,46 +14,80 @@ import torch
 
 from core import plots
 from core.model.artifact import load_artifact
-from core.model.calibration import calibrated_probabilities, expected_calibration_error
-from core.model.card import ModelCard
+from core.model.calibration import (
+    DEFAULT_TARGET_FALSE_ALARM_RATE,
+    calibrate,
+    calibrated_probabilities,
+    expected_calibration_error,
+)
+from core.model.card import CARD_FILE, ModelCard
 from core.model.preprocess import eval_transform
 from core.quality import TruthRow, audit_quality, json_safe, pr_curve
 from core.scoring import counting_metrics
 from core.truth import WRONG_MANIFEST_KINDS, perturbed_count
 from inference.compare import decide, prediction_from_logits
-from trainer.data import read_manifest
+from trainer.data import Manifest, read_manifest
 
 
 @torch.inference_mode()
-def evaluate_artifact(
-    artifact: Path, manifest_path: Path, *, split: str = "test", batch_size: int = 32,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Counting metrics of ``artifact`` on ``split`` using :func:`load_artifact` and
-    :func:`eval_transform` (exactly what the worker runs)."""
-    model, card = load_artifact(artifact, map_location=device)
-    manifest = read_manifest(manifest_path)
-    if manifest.classes != card.class_counts:
-        raise ValueError(f"manifest classes {manifest.classes} differ from the artifact's "
-                         f"{card.class_counts}")
+def split_logits(model: torch.nn.Module, card: ModelCard, items: Sequence[Any], *,
+                 batch_size: int = 32, device: str = "cpu") -> list[list[float]]:
+    """Float32 logits of each manifest item, through the serving transform."""
     transform = eval_transform(card)
-    items = manifest.split(split)
-    y_pred: list[int] = []
     rows: list[list[float]] = []
     for start in range(0, len(items), batch_size):
         batch = []
         for item in items[start:start + batch_size]:
             with PIL.Image.open(item.image_path) as im:
                 batch.append(transform(im))
-        logits = model(torch.stack(batch).to(device)).float()
-        y_pred.extend(card.class_counts[i] for i in logits.argmax(1).tolist())
-        rows.extend(logits.cpu().tolist())
+        rows.extend(model(torch.stack(batch).to(device)).float().cpu().tolist())
+    return rows
+
+
+def _load(artifact: Path, manifest_path: Path, device: str
+          ) -> tuple[torch.nn.Module, ModelCard, Manifest]:
+    model, card = load_artifact(artifact, map_location=device)
+    manifest = read_manifest(manifest_path)
+    if manifest.classes != card.class_counts:
+        raise ValueError(f"manifest classes {manifest.classes} differ from the artifact's "
+                         f"{card.class_counts}")
+    return model, card, manifest
+
+
+def evaluate_artifact(
+    artifact: Path, manifest_path: Path, *, split: str = "test", batch_size: int = 32,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Counting metrics, calibration and audit quality of ``artifact`` on ``split`` using
+    :func:`load_artifact` and :func:`eval_transform` (exactly what the worker runs)."""
+    model, card, manifest = _load(artifact, manifest_path, device)
+    items = manifest.split(split)
+    rows = split_logits(model, card, items, batch_size=batch_size, device=device)
+    y_pred = [card.class_counts[max(range(len(r)), key=r.__getitem__)] for r in rows]
     true_counts = [i.count for i in items]
     metrics = counting_metrics(true_counts, y_pred, card.class_counts)
     return {"artifact": str(artifact), "version": card.version, "split": split,
             "manifest_fingerprint": manifest.fingerprint,
             "artifact_fingerprint": card.data_fingerprint, **metrics,
             **audit_evaluation(rows, true_counts, card, ids=[i.id for i in items])}
+
+
+def calibrate_artifact(artifact: Path, manifest_path: Path, *, split: str = "val",
+                       target: float = DEFAULT_TARGET_FALSE_ALARM_RATE,
+                       device: str = "cpu") -> ModelCard:
+    """Fit the temperature and thresholds of an existing artifact on ``split`` (e.g. an
+    artifact trained before calibration existed) and rewrite its model card."""
+    model, card, manifest = _load(artifact, manifest_path, device)
+    items = manifest.split(split)
+    rows = split_logits(model, card, items, device=device)
+    index = {c: i for i, c in enumerate(card.class_counts)}
+    calibration, decision = calibrate(
+        np.asarray(rows, dtype=np.float64).reshape(-1, len(index)),
+        np.asarray([index[i.count] for i in items], dtype=np.int64),
+        class_counts=card.class_counts, target=target, split=split)
+    updated = card.model_copy(update={"calibration": calibration, "decision": decision})
+    (artifact / CARD_FILE).write_text(updated.model_dump_json(indent=2) + "\n")
+    return updated
 
 
 def audit_evaluation(logits: Sequence[Sequence[float]], true_counts: Sequence[int],

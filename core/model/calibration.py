@@ -7,7 +7,8 @@ split and writes into the model card, and what inference applies to every logits
   validation labels (temperature scaling, Guo et al. 2017). NLL is convex in 1/T, so a golden
   section search over 1/T finds the global minimum.
 - :func:`expected_calibration_error`: ECE over equal-width bins of the top probability.
-- :func:`choose_policy`: the selective-verdict thresholds for a target false-alarm rate.
+- :func:`choose_policy`: the selective-verdict thresholds for a target false-alarm rate,
+  with a binomial confidence bound so that a small validation split cannot promise too much.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from core.model.card import Calibration, DecisionPolicy
 
 ECE_BINS = 15
 DEFAULT_TARGET_FALSE_ALARM_RATE = 0.05
+# Thresholds promise their rates with this confidence (a small validation split cannot).
+CONFIDENCE = 0.95
 # Search range of 1/T: temperatures from 0.02 (sharpen 50x) to 100 (flatten 100x).
 _INV_T_RANGE = (0.01, 50.0)
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -90,21 +93,44 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike,
     return float(total)
 
 
-def conformal_threshold(scores: ArrayLike, target: float) -> float:
-    """The smallest threshold t with ``score >= t`` flagging at most a ``target`` share of
-    future exchangeable scores in expectation: just above the ceil((n+1)(1-target))-th
-    smallest score (split conformal). 1.0 when the split is too small for the target, which
-    then flags nothing short of a probability of exactly 0.
-    """
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    n = len(s)
-    rank = math.ceil((n + 1) * (1 - target))
-    if n == 0 or rank > n:
+def reaches(values: ArrayLike, threshold: float) -> NDArray[np.bool_]:
+    """``values >= threshold``, except that a threshold of 1 is never reached (it is how a
+    policy says "decide nothing")."""
+    return np.asarray((np.asarray(values) >= threshold) & (threshold < 1.0), dtype=bool)
+
+
+def max_flags(n: int, target: float, confidence: float = CONFIDENCE) -> int:
+    """The most flags out of ``n`` that still show, with ``confidence``, a rate of at most
+    ``target`` (one-sided Clopper-Pearson: P(Binomial(n, target) <= k) <= 1 - confidence);
+    -1 when even zero flags are not enough evidence (n too small)."""
+    if n <= 0:
+        return -1
+    alpha = 1.0 - confidence
+    log_pmf = n * math.log1p(-target)  # P(X = 0)
+    cdf, k = math.exp(log_pmf), 0
+    if cdf > alpha:
+        return -1
+    while k < n:
+        log_pmf += math.log((n - k) / (k + 1)) + math.log(target) - math.log1p(-target)
+        if cdf + math.exp(log_pmf) > alpha:
+            return k
+        cdf += math.exp(log_pmf)
+        k += 1
+    return n
+
+
+def rate_threshold(scores: ArrayLike, target: float, confidence: float = CONFIDENCE) -> float:
+    """The smallest threshold t such that ``score >= t`` flags at most :func:`max_flags` of
+    these scores: on fresh data like them the flagged share is at most ``target`` with
+    ``confidence``. 1.0 (which flags nothing) when the split is too small for that promise;
+    -inf scores stand for rows that can never be flagged."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    k = max_flags(len(s), target, confidence)
+    if k < 0:
         return 1.0
-    q = float(s[rank - 1])
-    if not math.isfinite(q):
-        return 0.0  # the quantile is a never-flagged row: any threshold keeps the rate
-    return min(1.0, float(np.nextafter(q, np.inf)))
+    if k >= len(s) or not math.isfinite(float(s[k])):
+        return 0.0
+    return min(1.0, float(np.nextafter(s[k], np.inf)))
 
 
 def _neighbour_manifests(labels: NDArray[np.int64], k: int) -> tuple[NDArray[np.int64],
@@ -134,20 +160,22 @@ def choose_policy(probs: ArrayLike, labels: ArrayLike, *, class_counts: Sequence
     """Thresholds for the selective verdict, from calibrated validation probabilities.
 
     The validation images stand for correct manifests (manifest = true count) and, one class
-    either side, for off-by-one wrong ones. ``mismatch_min_score`` is the conformal threshold
-    that flags at most ``target`` of correct manifests; ``match_min_p`` the one that lets at
-    most ``target`` of the off-by-one wrong manifests through as ``match`` (never below 0.5:
-    a match means the manifest's count is more likely than all others together).
+    either side, for off-by-one wrong ones. ``mismatch_min_score`` is the smallest threshold
+    that keeps the false-alarm rate on correct manifests within ``target`` with 95 %
+    confidence (:func:`rate_threshold`); ``match_min_p`` likewise lets at most ``target`` of
+    the off-by-one wrong manifests through as ``match`` (and is never below 0.5: a match means
+    the manifest's count is more likely than all others together). A validation split too small
+    for that promise gives 1.0, which decides nothing: the model then says ``uncertain``.
     """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     k = len(class_counts)
     rows = np.arange(len(y))
     correct_scores = _flag_scores(p, rows, y)
-    mismatch_min_score = conformal_threshold(correct_scores, target)
+    mismatch_min_score = rate_threshold(correct_scores, target)
     wrong_rows, wrong_manifest = _neighbour_manifests(y, k)
     wrong_p = p[wrong_rows, wrong_manifest]
-    match_min_p = max(0.5, conformal_threshold(wrong_p, target))
+    match_min_p = max(0.5, rate_threshold(wrong_p, target))
     measured = policy_rates(p, y, class_counts=class_counts, match_min_p=match_min_p,
                             mismatch_min_score=mismatch_min_score)
     return DecisionPolicy(match_min_p=match_min_p, mismatch_min_score=mismatch_min_score,
@@ -160,11 +188,11 @@ def policy_rates(probs: NDArray[np.float64], labels: NDArray[np.int64], *,
     """False-alarm rate and coverage on correct manifests, off-by-one recall and false-match
     rate, for the given thresholds (what a card's ``decision.measured`` records)."""
     rows = np.arange(len(labels))
-    flagged_correct = _flag_scores(probs, rows, labels) >= mismatch_min_score
-    matched_correct = (probs[rows, labels] >= match_min_p) & ~flagged_correct
+    flagged_correct = reaches(_flag_scores(probs, rows, labels), mismatch_min_score)
+    matched_correct = reaches(probs[rows, labels], match_min_p) & ~flagged_correct
     wrong_rows, wrong_manifest = _neighbour_manifests(labels, len(class_counts))
-    flagged_wrong = _flag_scores(probs, wrong_rows, wrong_manifest) >= mismatch_min_score
-    matched_wrong = (probs[wrong_rows, wrong_manifest] >= match_min_p) & ~flagged_wrong
+    flagged_wrong = reaches(_flag_scores(probs, wrong_rows, wrong_manifest), mismatch_min_score)
+    matched_wrong = reaches(probs[wrong_rows, wrong_manifest], match_min_p) & ~flagged_wrong
 
     rates = {
         "n_correct": float(len(labels)),

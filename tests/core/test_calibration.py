@@ -11,10 +11,12 @@ from core.model.calibration import (
     calibrate,
     calibrated_probabilities,
     choose_policy,
-    conformal_threshold,
     expected_calibration_error,
     fit_temperature,
+    max_flags,
     negative_log_likelihood,
+    rate_threshold,
+    reaches,
 )
 
 CLASSES = [1, 2, 3, 4, 5]
@@ -64,14 +66,39 @@ def test_empty_split() -> None:
     assert policy.measured == {"n_correct": 0.0, "n_off_by_one": 0.0}
 
 
-@pytest.mark.parametrize(("scores", "target", "threshold"), [
-    (list(np.linspace(0, 0.99, 100)), 0.05, np.nextafter(0.95, 1)),  # 96th smallest: 0.95
-    ([0.1, 0.2, 0.3], 0.05, 1.0),  # too few to promise 5 %: flag nothing
-    ([0.1, 0.2, 0.3], 0.5, np.nextafter(0.2, 1)),
-    ([-np.inf] * 50, 0.05, 0.0),  # never-flagged rows: any threshold keeps the rate
+def test_a_small_validation_split_decides_nothing() -> None:
+    logits, labels = _overconfident(22, seed=5)
+    _, policy = calibrate(logits, labels, class_counts=CLASSES)
+    assert (policy.mismatch_min_score, policy.match_min_p) == (1.0, 1.0)
+    assert policy.measured["false_alarm_rate"] == 0.0
+    assert policy.measured["coverage_correct"] == 0.0
+
+
+@pytest.mark.parametrize(("n", "target", "flags"), [
+    (22, 0.05, -1),  # 0.95^22 = 0.32: even no flag does not show 5 % with 95 % confidence
+    (58, 0.05, -1), (59, 0.05, 0),  # 0.95^59 = 0.0485
+    (1000, 0.05, 38),  # P(Bin(1000, .05) <= 38) = 0.043, <= 39: 0.060
+    (10, 0.5, 1),  # P(Bin(10, .5) <= 1) = 0.0107, <= 2: 0.0547
+    (0, 0.05, -1),
 ])
-def test_conformal_threshold(scores: list[float], target: float, threshold: float) -> None:
-    assert conformal_threshold(scores, target) == pytest.approx(threshold, abs=1e-9)
+def test_max_flags_table(n: int, target: float, flags: int) -> None:
+    assert max_flags(n, target) == flags
+
+
+@pytest.mark.parametrize(("scores", "target", "threshold"), [
+    (list(np.linspace(0, 0.999, 1000)), 0.05, np.nextafter(0.999 - 38 * 0.001, 1)),
+    ([0.1, 0.2, 0.3], 0.05, 1.0),  # too few to promise 5 %: decide nothing
+    ([-np.inf] * 100, 0.05, 0.0),  # never-flagged rows: any threshold keeps the rate
+])
+def test_rate_threshold(scores: list[float], target: float, threshold: float) -> None:
+    got = rate_threshold(scores, target)
+    assert got == pytest.approx(threshold, abs=1e-9)
+    assert sum(s >= got for s in scores if got < 1) <= max(max_flags(len(scores), target), 0)
+
+
+def test_a_threshold_of_one_decides_nothing() -> None:
+    assert list(reaches([1.0, 0.5], 1.0)) == [False, False]
+    assert list(reaches([1.0, 0.5], 0.5)) == [True, True]
 
 
 def test_choose_policy_keeps_false_alarms_below_target_on_fresh_data() -> None:

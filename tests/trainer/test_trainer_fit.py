@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,25 @@ def test_evaluate_matches_training_test_metrics(cli: Any, fitted: Path,
                             "average_precision", "review_budgets", "coverage",
                             "recall_by_kind", "recall_by_size"}
     assert result["calibration"]["temperature"] == load_artifact(fitted)[1].calibration.temperature
+
+
+def test_calibrate_fits_an_old_artifact(cli: Any, fitted: Path, tiny_manifest: Path,
+                                        tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(fitted, old, ignore=shutil.ignore_patterns("*.pt", "profile"))
+    shutil.copy(fitted / "model.pt", old / "model.pt")
+    raw = json.loads((old / "model.json").read_text())
+    for key in ("calibration", "decision"):
+        raw.pop(key)
+    (old / "model.json").write_text(json.dumps(raw))
+    assert load_artifact(old)[1].decision.chosen_on is None  # the documented defaults
+    output = cli("train", "calibrate", old, "--manifest", tiny_manifest, "--split", "val")
+    card = load_artifact(old)[1]
+    assert "temperature" in output
+    assert card.calibration.fitted_on == card.decision.chosen_on == "val"
+    assert card.decision.target_false_alarm_rate == 0.05
+    # The tiny validation split cannot promise 5 %: the thresholds decide nothing.
+    assert (card.decision.match_min_p, card.decision.mismatch_min_score) == (1.0, 1.0)
 
 
 def test_resume_continues_with_the_same_optimizer_state(
