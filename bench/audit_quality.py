@@ -21,15 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine, text
 
 from audit.summary import load_summary, write_quality
 from bench.samples import SAMPLE_DIR
 from bench.services import bench_settings, delete_topics, kafka_for, prepare_database
-from core.model.card import read_card
-from core.quality import markdown
+from core.model.card import DecisionPolicy, read_card
+from core.quality import audit_quality, json_safe, markdown
 from core.settings import Settings
-from core.truth import read_truth
+from core.truth import TruthEntry, read_truth, truth_rows
+from inference.compare import decide, prediction_from_probs
 from robots.manifests import WrongManifests
 from robots.publisher import EventPlan, PublishOptions, publish
 from worker.app import Worker
@@ -52,8 +53,10 @@ def measure(settings: Settings, model: Path, *, out: Path, rate: float, seed: in
     finally:
         delete_topics(settings, [topic])
     engine = create_engine(run.db.url.get_secret_value())
+    truth = read_truth(truth_path)
     try:
-        summary = load_summary(engine, topic, truth=read_truth(truth_path))
+        summary = load_summary(engine, topic, truth=truth)
+        argmax = argmax_rule_quality(engine, topic, truth)
     finally:
         engine.dispose()
     write_quality(summary, out.with_suffix(".json"), topic)
@@ -67,10 +70,34 @@ def measure(settings: Settings, model: Path, *, out: Path, rate: float, seed: in
         "sample": str(source), "wrong_manifest_rate": rate, "seed": seed,
         "truth_file": truth_path.name, "statuses": summary.by_status,
         "audit_quality": json.loads(out.with_suffix(".json").read_text())["audit_quality"],
+        "argmax_rule": json_safe(argmax),
     }
     out.with_suffix(".json").write_text(json.dumps(section, indent=1) + "\n")
     out.with_suffix(".md").write_text(render(section, out.with_suffix(".pr.png").name))
     return section
+
+
+def argmax_rule_quality(engine: Engine, topic: str, truth: dict[str, TruthEntry]
+                        ) -> dict[str, Any]:
+    """The same predictions under the old rule (mismatch whenever the most probable count is
+    not the manifest's: thresholds 0 and 0), for comparison."""
+    policy = DecisionPolicy(match_min_p=0.0, mismatch_min_score=0.0)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT event_id, expected_quantity, class_probabilities FROM audit_results "
+            "WHERE topic = :t"), {"t": topic}).all()
+    verdicts = []
+    for r in rows:
+        counts = sorted(int(c) for c in r.class_probabilities)
+        probs = [r.class_probabilities[str(c)] for c in counts]
+        v = decide(prediction_from_probs(probs, probs, counts), expected=r.expected_quantity,
+                   supported_counts=counts, policy=policy)
+        verdicts.append({"event_id": r.event_id, "expected_quantity": r.expected_quantity,
+                         "status": v.status.value, "discrepancy_score": v.discrepancy_score})
+    q = audit_quality(truth_rows(verdicts, truth)[0])
+    keep = ("coverage", "false_alarms", "judged_correct", "false_alarm_rate", "wrong_flagged",
+            "judged_wrong", "recall", "mismatch_precision", "statuses")
+    return {k: q[k] for k in keep}
 
 
 def render(section: dict[str, Any], png: str) -> str:
@@ -82,13 +109,21 @@ def render(section: dict[str, Any], png: str) -> str:
         f"- {section['date_utc']} on {section['host']}; sample `{section['sample']}`, "
         f"{100 * section['wrong_manifest_rate']:g} % wrong manifests (seed {section['seed']}, "
         f"truth `{section['truth_file']}`)",
-        f"- calibration: temperature {cal['temperature']:.3f}, ECE {cal['ece_before']} -> "
-        f"{cal['ece_after']} on {cal['fitted_on']}",
+        f"- calibration: temperature {cal['temperature']:.3f}, ECE {_num(cal['ece_before'])} "
+        f"-> {_num(cal['ece_after'])} on {cal['fitted_on']}",
         f"- thresholds ({dec['chosen_on']}, target false-alarm rate "
         f"{dec['target_false_alarm_rate']}): match when P(manifest count) >= "
         f"{dec['match_min_p']:.4f}, mismatch when 1 - P >= {dec['mismatch_min_score']:.4f}",
         f"- verdicts: {section['statuses']}", "",
-        markdown(q), f"![precision-recall]({png})", ""])
+        markdown(q), f"![precision-recall]({png})", "",
+        "The same predictions under the old argmax rule (a mismatch whenever the most probable "
+        "count is not the manifest's):", "",
+        "| argmax rule | value |", "|---|---|",
+        *(f"| {k} | {v} |" for k, v in section["argmax_rule"].items()), ""])
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> None:
