@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,13 @@ def test_pr_curve_ends_at_full_recall() -> None:
     assert curve["recall"][-1] == 1.0
     assert curve["threshold"] == sorted(curve["threshold"], reverse=True)
     assert curve["precision"][0] == 1.0
+
+
+def test_pr_plot_without_mismatch_verdicts(tmp_path: Path) -> None:
+    from core.plots import precision_recall
+
+    quality = audit_quality([r for r in ROWS if r.status != "mismatch"])
+    assert math.isnan(quality["mismatch_precision"])
+    png = precision_recall(pr_curve(ROWS), tmp_path / "pr.png", base_rate=None,
+                           operating_point=(quality["recall"], None))
+    assert png.stat().st_size > 0
