@@ -1,4 +1,5 @@
-"""``train evaluate``: an artifact on one split of a manifest, through the serving loader."""
+"""``train evaluate``: an artifact on one split of a manifest, through the serving loader; and
+``train calibrate``: (re)fit an artifact's temperature and thresholds on a split."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 
 from core import plots
-from core.model.artifact import load_artifact
 from core.model.calibration import (
     DEFAULT_TARGET_FALSE_ALARM_RATE,
     calibrate,
@@ -21,55 +20,57 @@ from core.model.calibration import (
     expected_calibration_error,
 )
 from core.model.card import CARD_FILE, ModelCard
-from core.model.preprocess import eval_transform
+from core.model.preprocess import load_uint8, normalize
 from core.quality import TruthRow, audit_quality, json_safe, pr_curve
 from core.scoring import counting_metrics
 from core.truth import WRONG_MANIFEST_KINDS, perturbed_count
-from inference.compare import decide, prediction_from_logits
-from trainer.data import Manifest, read_manifest
+from inference.compare import Prediction, decide, prediction_from_logits
+from inference.counter import BinCounter
+from trainer.data import Manifest, ManifestItem, read_manifest
 
 
 @torch.inference_mode()
-def split_logits(model: torch.nn.Module, card: ModelCard, items: Sequence[Any], *,
-                 batch_size: int = 32, device: str = "cpu") -> list[list[float]]:
-    """Float32 logits of each manifest item, through the serving transform."""
-    transform = eval_transform(card)
-    rows: list[list[float]] = []
+def split_predictions(counter: BinCounter, items: Sequence[ManifestItem], *,
+                      batch_size: int = 32) -> list[Prediction]:
+    """The worker's Prediction (calibrated by the card; raw logits in ``scores``) per item."""
+    card = counter.card
+    out: list[Prediction] = []
     for start in range(0, len(items), batch_size):
-        batch = []
-        for item in items[start:start + batch_size]:
-            with PIL.Image.open(item.image_path) as im:
-                batch.append(transform(im))
-        rows.extend(model(torch.stack(batch).to(device)).float().cpu().tolist())
-    return rows
+        chunk = items[start:start + batch_size]
+        batch = torch.stack([load_uint8(item.image_path, card) for item in chunk])
+        out.extend(counter.infer(normalize(batch, card.mean, card.std)))
+    return out
 
 
-def _load(artifact: Path, manifest_path: Path, device: str
-          ) -> tuple[torch.nn.Module, ModelCard, Manifest]:
-    model, card = load_artifact(artifact, map_location=device)
+def _load(artifact: Path, manifest_path: Path, device: str) -> tuple[BinCounter, Manifest]:
+    counter = BinCounter.from_artifact(artifact, "cuda" if device == "cuda" else "cpu")
     manifest = read_manifest(manifest_path)
-    if manifest.classes != card.class_counts:
+    if manifest.classes != counter.card.class_counts:
         raise ValueError(f"manifest classes {manifest.classes} differ from the artifact's "
-                         f"{card.class_counts}")
-    return model, card, manifest
+                         f"{counter.card.class_counts}")
+    return counter, manifest
 
 
 def evaluate_artifact(
     artifact: Path, manifest_path: Path, *, split: str = "test", batch_size: int = 32,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Counting metrics, calibration and audit quality of ``artifact`` on ``split`` using
-    :func:`load_artifact` and :func:`eval_transform` (exactly what the worker runs)."""
-    model, card, manifest = _load(artifact, manifest_path, device)
+    """Counting metrics, calibration and audit quality of ``artifact`` on ``split`` through
+    the worker's own model stage (:class:`BinCounter`) and preprocessing
+    (:mod:`core.model.preprocess`)."""
+    counter, manifest = _load(artifact, manifest_path, device)
+    card = counter.card
     items = manifest.split(split)
-    rows = split_logits(model, card, items, batch_size=batch_size, device=device)
-    y_pred = [card.class_counts[max(range(len(r)), key=r.__getitem__)] for r in rows]
-    true_counts = [i.count for i in items]
-    metrics = counting_metrics(true_counts, y_pred, card.class_counts)
+    predictions = split_predictions(counter, items, batch_size=batch_size)
+    rows = [{"id": item.id, "count": item.count, "predicted": p.count,
+             "confidence": p.confidence} for item, p in zip(items, predictions, strict=True)]
+    metrics = counting_metrics([i.count for i in items], [p.count for p in predictions],
+                               card.class_counts)
     return {"artifact": str(artifact), "version": card.version, "split": split,
             "manifest_fingerprint": manifest.fingerprint,
-            "artifact_fingerprint": card.data_fingerprint, **metrics,
-            **audit_evaluation(rows, true_counts, card, ids=[i.id for i in items])}
+            "artifact_fingerprint": card.data_fingerprint, **metrics, "predictions": rows,
+            **audit_evaluation([list(p.scores) for p in predictions],
+                               [i.count for i in items], card, ids=[i.id for i in items])}
 
 
 def calibrate_artifact(artifact: Path, manifest_path: Path, *, split: str = "val",
@@ -77,12 +78,13 @@ def calibrate_artifact(artifact: Path, manifest_path: Path, *, split: str = "val
                        device: str = "cpu") -> ModelCard:
     """Fit the temperature and thresholds of an existing artifact on ``split`` (e.g. an
     artifact trained before calibration existed) and rewrite its model card."""
-    model, card, manifest = _load(artifact, manifest_path, device)
+    counter, manifest = _load(artifact, manifest_path, device)
+    card = counter.card
     items = manifest.split(split)
-    rows = split_logits(model, card, items, device=device)
+    logits = [list(p.scores) for p in split_predictions(counter, items)]
     index = {c: i for i, c in enumerate(card.class_counts)}
     calibration, decision = calibrate(
-        np.asarray(rows, dtype=np.float64).reshape(-1, len(index)),
+        np.asarray(logits, dtype=np.float64).reshape(-1, len(index)),
         np.asarray([index[i.count] for i in items], dtype=np.int64),
         class_counts=card.class_counts, target=target, split=split)
     updated = card.model_copy(update={"calibration": calibration, "decision": decision})
