@@ -58,8 +58,8 @@ OUT="artifacts/demo/$RUN"
 mkdir -p "$OUT"
 say "publishing the sample as bin events to topic $RUN (10% of manifests made wrong on purpose)"
 # The truth (event id -> true count, perturbation) goes to a sidecar file, never into events.
-"$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN" --wrong-manifest-rate 0.1 \
-    --truth "$OUT/truth.csv"
+"$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN" --with-metadata \
+    --wrong-manifest-rate 0.1 --truth "$OUT/truth.csv"
 
 say "worker: consuming $RUN until drained"
 "$BIN/binaudit" worker --topic "$RUN" --group "$RUN" --model "$MODEL" --exit-when-idle 5 \
@@ -74,3 +74,16 @@ else
     echo "Note: a model trained by this demo saw 80% of these same bins in training, so the"
     echo "accuracy above is not a held-out score. Held-out numbers: trainer/RESULTS.md."
 fi
+
+say "auditor console: a demo reviewer account"
+DEMO_USER=demo-reviewer
+DEMO_PASSWORD=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(12))')
+BINAUDIT_CONSOLE_PASSWORD="$DEMO_PASSWORD" "$BIN/binaudit" console user add "$DEMO_USER" \
+    --role reviewer
+CONSOLE_URL=$("$BIN/python" -c 'from core.settings import Settings
+c = Settings().console; print(f"http://{c.host}:{c.port}/")')
+echo
+echo "Review the mismatches in a browser:"
+echo "  start it:  $BIN/binaudit console"
+echo "  open:      $CONSOLE_URL"
+echo "  sign in:   $DEMO_USER / $DEMO_PASSWORD   (reviewer)"

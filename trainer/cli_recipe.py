@@ -65,9 +65,11 @@ def cv_cmd(
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         fail(f"unknown recipe(s) {unknown}; choose from {sorted(RECIPES)}")
-    recipes = {n: _with_epochs(RECIPES[n], epochs) for n in names}
     head_only = all(RECIPES[n].mode != "tail" for n in names)
     loaded = load_cache(cache, pooled=head_only)
+    # How much of the backbone is frozen is a property of the cache.
+    recipes = {n: _with_epochs(RECIPES[n], epochs).model_copy(
+        update={"cut": int(loaded.meta["cut"])}) for n in names}
     if not head_only:
         pooled = load_cache(cache, pooled=True)
     started = time.perf_counter()
@@ -100,8 +102,9 @@ def counter_cmd(
     validation split, write a standard artifact (model.pt + model.json)."""
     if recipe not in RECIPES or RECIPES[recipe].mode == "prior":
         fail(f"--recipe must be a trainable recipe of {sorted(RECIPES)}")
-    cfg = _with_epochs(RECIPES[recipe], epochs).model_copy(update={"seed": seed})
+    cfg = _with_epochs(RECIPES[recipe], epochs)
     loaded = load_cache(cache, pooled=cfg.mode == "head")
+    cfg = cfg.model_copy(update={"seed": seed, "cut": int(loaded.meta["cut"])})
     fit_idx, val_idx = cv.stratified_parts(loaded.counts, (1 - val_fraction, val_fraction),
                                            seed)
     full, part = train(loaded.features, loaded.counts, fit_idx, cfg)
