@@ -121,7 +121,8 @@ def counter_cmd(
         ece_after=expected_calibration_error(probs[covered], val_counts[covered]))
     decision = choose_decision(probs[covered], val_counts[covered],
                                target_false_alarm_rate=target_false_alarm_rate)
-    metrics = {f"val_{k}": v for k, v in distribution_metrics(probs, val_counts).items()}
+    metrics = {f"val_{k}": v for k, v in
+               distribution_metrics(probs, val_counts, decoding=cfg.decoding).items()}
     version = new_version("efficientnet_lite0")
     directory = export_counter(
         full, cfg, out or Path("artifacts/models") / version, version=version,

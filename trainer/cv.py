@@ -96,7 +96,8 @@ def run_fold(cache: FeatureCache, train_idx: np.ndarray, eval_idx: np.ndarray,
         temperature = fit_temperature(cal_logits, cfg.targets(cal_counts[inside]))
     logits = predict_logits(part, cache.features, eval_idx, cfg)
     counts = cache.counts[eval_idx]
-    metrics = distribution_metrics(as_distribution(logits, cfg, temperature), counts)
+    metrics = distribution_metrics(as_distribution(logits, cfg, temperature), counts,
+                                   decoding=cfg.decoding)
     raw = as_distribution(logits, cfg)
     covered = counts < raw.shape[1]
     metrics["ece_uncalibrated"] = expected_calibration_error(raw[covered], counts[covered])

@@ -72,6 +72,9 @@ class ModelCard(BaseModel):
     # libjpeg downscale in the DCT domain (faster). Training and inference use the same policy
     # (core.model.preprocess); cards from format 1 were trained on full decodes.
     decode: Literal["full", "draft"] = "full"
+    # Which count a distribution stands for: the most likely one (argmax), or its median,
+    # which lowers the RMSE of an ordinal count when the model is unsure (trainer/RESULTS.md).
+    count_decoding: Literal["argmax", "median"] = "argmax"
     calibration: Calibration = Calibration()
     decision: DecisionPolicy = DecisionPolicy()
     metrics: dict[str, float] = {}
