@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from core.model.calibration import calibrated_probabilities, reaches
 from core.model.card import DecisionPolicy, ModelCard
+from core.scoring import decode_counts
 from core.settings import WorkerSettings
 from schemas.records import VerdictStatus
 
@@ -41,17 +44,21 @@ class Verdict:
 
 
 def prediction_from_logits(logits: Sequence[float], card: ModelCard) -> Prediction:
-    """One logits row -> Prediction, calibrated with the card's temperature."""
+    """One logits row -> Prediction, calibrated with the card's temperature and decoded to a
+    count the card's way (``count_decoding``: the most likely count or the median)."""
     probs = calibrated_probabilities(list(logits), card.calibration.temperature).tolist()
-    return prediction_from_probs(probs, logits, card.class_counts)
+    return prediction_from_probs(probs, logits, card.class_counts,
+                                 decoding=card.count_decoding)
 
 
 def prediction_from_probs(probs: Sequence[float], scores: Sequence[float],
-                          class_counts: Sequence[int]) -> Prediction:
-    """Turn a probability row into a Prediction using the card's class -> count mapping."""
+                          class_counts: Sequence[int], *,
+                          decoding: str = "argmax") -> Prediction:
+    """Turn a probability row into a Prediction using the card's class -> count mapping
+    (class counts ascending, so the median class is the median count)."""
     if len(probs) != len(class_counts):
         raise ValueError(f"{len(probs)} probabilities for {len(class_counts)} classes")
-    best = max(range(len(probs)), key=probs.__getitem__)
+    best = int(decode_counts(np.asarray([probs], dtype=np.float64), decoding)[0])
     return Prediction(
         count=int(class_counts[best]),
         confidence=float(probs[best]),

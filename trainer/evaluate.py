@@ -86,7 +86,8 @@ def calibrate_artifact(artifact: Path, manifest_path: Path, *, split: str = "val
     calibration, decision = calibrate(
         np.asarray(logits, dtype=np.float64).reshape(-1, len(index)),
         np.asarray([index[i.count] for i in items], dtype=np.int64),
-        class_counts=card.class_counts, target=target, split=split)
+        class_counts=card.class_counts, target=target, split=split,
+        decoding=card.count_decoding)
     updated = card.model_copy(update={"calibration": calibration, "decision": decision})
     (artifact / CARD_FILE).write_text(updated.model_dump_json(indent=2) + "\n")
     return updated

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from core.model.card import Calibration, DecisionPolicy
+from core.scoring import decode_counts
 
 ECE_BINS = 15
 DEFAULT_TARGET_FALSE_ALARM_RATE = 0.05
@@ -146,17 +147,17 @@ def _neighbour_manifests(labels: NDArray[np.int64], k: int) -> tuple[NDArray[np.
 
 
 def _flag_scores(probs: NDArray[np.float64], rows: NDArray[np.int64],
-                 manifest: NDArray[np.int64]) -> NDArray[np.float64]:
-    """1 - P(manifest) where the model's best class differs from the manifest, else -inf
-    (a mismatch also needs the model to prefer another count)."""
+                 manifest: NDArray[np.int64], decoding: str = "argmax") -> NDArray[np.float64]:
+    """1 - P(manifest) where the model's count (card's ``count_decoding``) differs from the
+    manifest, else -inf (a mismatch also needs the model to prefer another count)."""
     p = probs[rows, manifest]
-    other = probs[rows].argmax(axis=1) != manifest
+    other = decode_counts(probs[rows], decoding) != manifest
     return np.where(other, 1.0 - p, -np.inf)
 
 
 def choose_policy(probs: ArrayLike, labels: ArrayLike, *, class_counts: Sequence[int],
                   target: float = DEFAULT_TARGET_FALSE_ALARM_RATE,
-                  split: str = "validation") -> DecisionPolicy:
+                  split: str = "validation", decoding: str = "argmax") -> DecisionPolicy:
     """Thresholds for the selective verdict, from calibrated validation probabilities.
 
     The validation images stand for correct manifests (manifest = true count) and, one class
@@ -171,27 +172,28 @@ def choose_policy(probs: ArrayLike, labels: ArrayLike, *, class_counts: Sequence
     y = np.asarray(labels, dtype=np.int64)
     k = len(class_counts)
     rows = np.arange(len(y))
-    correct_scores = _flag_scores(p, rows, y)
+    correct_scores = _flag_scores(p, rows, y, decoding)
     mismatch_min_score = rate_threshold(correct_scores, target)
     wrong_rows, wrong_manifest = _neighbour_manifests(y, k)
     wrong_p = p[wrong_rows, wrong_manifest]
     match_min_p = max(0.5, rate_threshold(wrong_p, target))
     measured = policy_rates(p, y, class_counts=class_counts, match_min_p=match_min_p,
-                            mismatch_min_score=mismatch_min_score)
+                            mismatch_min_score=mismatch_min_score, decoding=decoding)
     return DecisionPolicy(match_min_p=match_min_p, mismatch_min_score=mismatch_min_score,
                           target_false_alarm_rate=target, measured=measured, chosen_on=split)
 
 
 def policy_rates(probs: NDArray[np.float64], labels: NDArray[np.int64], *,
                  class_counts: Sequence[int], match_min_p: float,
-                 mismatch_min_score: float) -> dict[str, float]:
+                 mismatch_min_score: float, decoding: str = "argmax") -> dict[str, float]:
     """False-alarm rate and coverage on correct manifests, off-by-one recall and false-match
     rate, for the given thresholds (what a card's ``decision.measured`` records)."""
     rows = np.arange(len(labels))
-    flagged_correct = reaches(_flag_scores(probs, rows, labels), mismatch_min_score)
+    flagged_correct = reaches(_flag_scores(probs, rows, labels, decoding), mismatch_min_score)
     matched_correct = reaches(probs[rows, labels], match_min_p) & ~flagged_correct
     wrong_rows, wrong_manifest = _neighbour_manifests(labels, len(class_counts))
-    flagged_wrong = reaches(_flag_scores(probs, wrong_rows, wrong_manifest), mismatch_min_score)
+    flagged_wrong = reaches(_flag_scores(probs, wrong_rows, wrong_manifest, decoding),
+                            mismatch_min_score)
     matched_wrong = reaches(probs[wrong_rows, wrong_manifest], match_min_p) & ~flagged_wrong
 
     rates = {
@@ -212,8 +214,8 @@ def _share(mask: NDArray[np.bool_]) -> float:
 
 
 def calibrate(logits: ArrayLike, labels: ArrayLike, *, class_counts: Sequence[int],
-              target: float = DEFAULT_TARGET_FALSE_ALARM_RATE,
-              split: str = "validation") -> tuple[Calibration, DecisionPolicy]:
+              target: float = DEFAULT_TARGET_FALSE_ALARM_RATE, split: str = "validation",
+              decoding: str = "argmax") -> tuple[Calibration, DecisionPolicy]:
     """Fit the temperature, measure ECE before/after, choose the thresholds (the trainer's
     one call after fitting)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -225,7 +227,7 @@ def calibrate(logits: ArrayLike, labels: ArrayLike, *, class_counts: Sequence[in
     calibration = Calibration(temperature=temperature, ece_before=_finite(before),
                               ece_after=_finite(after), fitted_on=split)
     return calibration, choose_policy(probs, y, class_counts=class_counts, target=target,
-                                      split=split)
+                                      split=split, decoding=decoding)
 
 
 def _finite(value: float) -> float | None:

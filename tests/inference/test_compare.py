@@ -20,10 +20,10 @@ SUPPORTED = [1, 2, 3, 4, 5]
 POLICY = DecisionPolicy(match_min_p=0.6, mismatch_min_score=0.9)
 
 
-def _card(temperature: float = 1.0, **decision: float) -> ModelCard:
+def _card(temperature: float = 1.0, decoding: str = "argmax", **decision: float) -> ModelCard:
     return ModelCard(version="v", architecture="efficientnet_lite0", class_counts=SUPPORTED,
                      input_size=32, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2),
-                     calibration=Calibration(temperature=temperature),
+                     count_decoding=decoding, calibration=Calibration(temperature=temperature),
                      decision=DecisionPolicy(**decision), created_at=datetime.now(UTC),
                      code_version="test")
 
@@ -85,6 +85,16 @@ def test_temperature_is_applied_to_logits() -> None:
     assert soft.confidence < raw.confidence and soft.count == raw.count == 2
     assert soft.scores == tuple(logits)  # the raw logits are kept
     assert sum(soft.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_card_decides_which_count_a_distribution_stands_for() -> None:
+    logits = list(np.log([0.4, 0.05, 0.05, 0.1, 0.4]))
+    assert prediction_from_logits(logits, _card()).count == 1  # the (first) mode
+    median = prediction_from_logits(logits, _card(decoding="median"))
+    assert median.count == 3 and median.confidence == pytest.approx(0.05)  # cumsum hits 0.5
+    verdict = decide(median, expected=3, supported_counts=SUPPORTED,
+                     policy=DecisionPolicy(match_min_p=0.0, mismatch_min_score=0.0))
+    assert verdict.status is VerdictStatus.MATCH  # the median is the manifest's count
 
 
 def test_settings_override_the_card_thresholds() -> None:
