@@ -138,7 +138,11 @@ class WorkerSettings(BaseModel):
     max_in_flight: int = Field(256, ge=1)
     decode_workers: int = Field(2, ge=1)
     poll_max_records: int = 64
-    uncertain_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    # Overrides of the model card's decision thresholds (None: the card's, chosen by the
+    # trainer on validation for its target false-alarm rate). match when P(manifest count)
+    # >= match_min_p; mismatch when 1 - P(manifest count) >= mismatch_min_score.
+    match_min_p: float | None = Field(None, ge=0.0, le=1.0)
+    mismatch_min_score: float | None = Field(None, ge=0.0, le=1.0)
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     metrics_port: int | None = 9108
@@ -153,7 +157,7 @@ class WorkerSettings(BaseModel):
 
 class ServeSettings(BaseModel):
     """``binaudit serve``: the SageMaker-compatible HTTP endpoint (model path, device, image
-    limits and the uncertain threshold come from ``worker``, so both front ends agree)."""
+    limits and the decision-threshold overrides come from ``worker``, so both front ends agree)."""
 
     model_config = _FROZEN
 

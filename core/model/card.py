@@ -36,8 +36,11 @@ class Calibration(BaseModel):
 class DecisionPolicy(BaseModel):
     """Selective verdicts from the calibrated probability of the manifest's count ``p``:
     ``mismatch`` when ``1 - p >= mismatch_min_score``, ``match`` when ``p >= match_min_p``,
-    ``uncertain`` otherwise. Chosen by the trainer on validation for a target false-alarm rate
-    (share of correct manifests flagged mismatch); settings may override each threshold.
+    ``uncertain`` otherwise (a mismatch also needs the model to prefer another count). A
+    threshold of exactly 1 decides nothing (no mismatch, or no match): what the trainer writes
+    when the validation split is too small to promise the target. Chosen by the trainer on
+    validation for a target false-alarm rate (share of correct manifests flagged mismatch,
+    ``core.model.calibration.choose_policy``); settings may override each threshold.
 
     A card without one gets these defaults: a mismatch needs P(manifest count) <= 0.05 and a
     match needs P(manifest count) >= 0.5.
