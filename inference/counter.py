@@ -21,7 +21,7 @@ from core.model.card import ModelCard
 from inference.backends import Backend
 from inference.backends.torch_backends import EagerBackend
 from inference.batching import BatchPlan
-from inference.compare import Prediction, prediction_from_probs
+from inference.compare import Prediction, prediction_from_logits
 
 if TYPE_CHECKING:
     from inference.autotune import TuneResult
@@ -93,8 +93,6 @@ class BinCounter:
         """Forward one stacked batch; one Prediction per row, in order."""
         with torch.inference_mode():
             logits = self.backend.logits(batch)
-            logits = logits.float()
-            probs = torch.softmax(logits, dim=1).cpu().tolist()
-            scores = logits.cpu().tolist()
-        return [prediction_from_probs(p, s, self.card.class_counts)
-                for p, s in zip(probs, scores, strict=True)]
+            rows = logits.float().cpu().tolist()
+        # Calibration lives in one pure function of (logits row, card), shared by every backend.
+        return [prediction_from_logits(row, self.card) for row in rows]

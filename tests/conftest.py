@@ -157,14 +157,14 @@ def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> Artifact
     from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     def make(version: str = "test-lite0-a", *, input_size: int = 160, seed: int = 0,
-             architecture: str = "efficientnet_lite0") -> Path:
+             architecture: str = "efficientnet_lite0", decode: str = "full") -> Path:
         directory = tmp_path_factory.mktemp("artifacts") / version
         torch.manual_seed(seed)
         model = build_model(architecture, 5, weights=None)
         card = ModelCard(version=version, architecture=architecture,
                          class_counts=[1, 2, 3, 4, 5], input_size=input_size,
                          mean=IMAGENET_MEAN, std=IMAGENET_STD, created_at=datetime.now(UTC),
-                         code_version="test")
+                         code_version="test", decode=decode)
         return save_artifact(directory, model, card)
 
     return make
@@ -173,6 +173,23 @@ def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> Artifact
 @pytest.fixture(scope="session")
 def model_artifact(model_artifact_factory: ArtifactFactory) -> Path:
     return model_artifact_factory()
+
+
+@pytest.fixture(scope="session")
+def demo_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model ``make demo`` trains (``binaudit train quickstart``: ImageNet EfficientNet-Lite0,
+    frozen backbone, the sample's 1..5-item bins, calibrated and thresholded on validation),
+    at 128 px for 3 epochs so that it fits a CPU test run (minutes)."""
+    from typer.testing import CliRunner
+
+    from binaudit.cli import app
+
+    out = tmp_path_factory.mktemp("demo-models")
+    result = CliRunner().invoke(app, ["train", "quickstart", "--source-dir", str(sample_dir),
+                                      "--out", str(out), "--epochs", "3",
+                                      "--image-size", "128"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return (out / "current").resolve()
 
 
 def settings_env(**sections: dict[str, Any]) -> dict[str, str]:

@@ -22,6 +22,11 @@ class FitConfig(BaseModel):
     weights: str = "default"  # PATH | default | none
     freeze: str = "backbone"  # backbone | none | k (unfreeze the last k backbone blocks)
     image_size: int = Field(224, ge=32)
+    # JPEG decode policy, written into the model card so the worker decodes the same way.
+    decode: Literal["full", "draft"] = "full"
+    # hflip: the reference's RandomHorizontalFlip; count: flips, 90-degree turns, mild crop
+    # and colour (datasets.count_preserving_augment).
+    augment: Literal["hflip", "count"] = "hflip"
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -40,6 +45,9 @@ class FitConfig(BaseModel):
     evaluate_test: bool = True
     write_artifact: bool = True
     progress: bool = True
+    # Decision thresholds are chosen on validation for this share of correct manifests
+    # flagged mismatch (core.model.calibration.choose_policy).
+    target_false_alarm_rate: float = Field(0.05, gt=0, lt=1)
     debug_rank_metrics: bool = False  # test hook: each rank writes its all-reduced metrics
 
     @field_validator("freeze")
@@ -54,6 +62,7 @@ class FitConfig(BaseModel):
         return {
             "batch-size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
             "freeze": self.freeze, "image_size": self.image_size, "weights": self.weights,
+            "decode": self.decode, "augment": self.augment,
             "weight_decay": self.weight_decay, "dropout": self.dropout,
             "lr_schedule": self.lr_schedule, "seed": self.seed, "patience": self.patience,
         }
