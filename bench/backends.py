@@ -20,6 +20,7 @@ import torch
 from bench.env import Rate, measure_rate
 from bench.model_speed import counter_step
 from core.model.artifact import load_artifact
+from inference.autotune import artifact_fingerprint
 from inference.backends import BackendUnavailable, LoadContext, load_backend
 from inference.counter import BinCounter
 
@@ -43,8 +44,10 @@ def backend_counter(artifact: Path, device: torch.device, backend: str, batch_si
                     cache_dir: Path) -> BinCounter:
     """A counter on ``backend`` (exports/compiles into ``cache_dir`` when needed)."""
     model, card = load_artifact(artifact)
+    # The same per-artifact folder autotuning uses: its ONNX/OpenVINO exports are reused.
+    folder = cache_dir / artifact_fingerprint(artifact)[:16]
     ctx = LoadContext(artifact=artifact, card=card, device=device,
-                      load_model=lambda: load_artifact(artifact)[0], cache_dir=cache_dir,
+                      load_model=lambda: load_artifact(artifact)[0], cache_dir=folder,
                       max_batch_size=batch_size, threads=torch.get_num_threads())
     return BinCounter(load_backend(backend, ctx), card)
 
