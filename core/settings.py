@@ -72,12 +72,17 @@ class KafkaSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
+    """The image store. Unset keys, endpoint and region mean what they mean to every AWS tool:
+    botocore's credential chain (environment, profile, web identity/IRSA, container or
+    instance role) and its region resolution (AWS_REGION, the profile). The local stack
+    (``binaudit services``) sets its own endpoint and keys explicitly."""
+
     model_config = _FROZEN
 
-    endpoint_url: str | None = "http://127.0.0.1:15000"
-    region: str = "us-east-1"
-    access_key_id: SecretStr = SecretStr("testing")
-    secret_access_key: SecretStr = SecretStr("testing")
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
     anonymous: bool = False
     # Bucket events point at; the demo seeds it in the real ABID layout.
     bucket: str = "binaudit-images"
@@ -87,6 +92,11 @@ class S3Settings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 5
+    # Per-event budget for S3 errors nobody classified (a 500 that persists for one key): after
+    # this many rounds (each with botocore's own retries) the event is a fetch_failed dead
+    # letter, so one poison object cannot stall its partition. Permission, credential, bucket
+    # and connection errors are not the event's fault: they are retried until fixed.
+    fetch_attempts: int = Field(4, ge=1)
 
 
 class AbidSourceSettings(BaseModel):

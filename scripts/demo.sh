@@ -31,6 +31,8 @@ fi
 say "services (Kafka KRaft, PostgreSQL 15, S3) and migrations"
 "$BIN/binaudit" services up
 "$BIN/binaudit" db upgrade
+# The product's S3 defaults are AWS's (credential chain, no endpoint): point it at local moto.
+eval "$("$BIN/binaudit" services env)"
 
 MODEL="${BINAUDIT_WORKER__MODEL_PATH:-}"
 if [ -z "$MODEL" ]; then
