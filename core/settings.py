@@ -155,6 +155,12 @@ class WorkerSettings(BaseModel):
     retry_backoff_max_s: float = 10.0
     # Test/bench hook: a per-batch sleep that simulates a slow model (seconds).
     artificial_delay_s: float = 0.0
+    # Test hook: while this file exists every forward pass raises (a model failing for a
+    # while, like CUDA out of memory); the reliability suite creates and removes it.
+    model_fault_flag: Path | None = None
+    # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
+    # succeeded, for this long.
+    health_stall_s: float = Field(60.0, gt=0)
     # Stop when every assigned partition is at its end offset (demo and tests).
     exit_when_idle_s: float | None = None
 
