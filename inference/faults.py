@@ -34,6 +34,12 @@ class FaultBoard:
             self._faults[dependency] = Fault(dependency, cause, since)
             self._retries[dependency] = self._retries.get(dependency, 0) + 1
 
+    def retried(self, dependency: str) -> None:
+        """A retry that is not an outage (an unclassified error for one object): counted in
+        the retry metric, no alert."""
+        with self._lock:
+            self._retries[dependency] = self._retries.get(dependency, 0) + 1
+
     def clear(self, dependency: str) -> None:
         """``dependency`` answered normally: the outage (if any) is over."""
         with self._lock:

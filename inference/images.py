@@ -140,6 +140,7 @@ class ImageFetcher:
                 cause = _describe(exc)
                 if _failure_class(exc) is FailureClass.UNCLASSIFIED:
                     unclassified += 1
+                    self.faults.retried(S3)
                     if unclassified >= self.policy.fetch_attempts:
                         raise EventError(ErrorKind.FETCH_FAILED,
                                          f"{uri}: {cause} ({unclassified} attempts)") from exc

@@ -308,8 +308,8 @@ def test_poison_and_missing_objects_dead_lettered_then_redriven(
                 stack_s3.put_object(Bucket=h.settings.s3.bucket, Key=image_key(s.id),
                                     Body=s.image_path.read_bytes())
             dry = redrive_cli(h, "--source-topic", topic, "--dry-run")
-            first = redrive_cli(h, "--source-topic", topic)
             redriven = time.time()
+            first = redrive_cli(h, "--source-topic", topic)
             waiter(lambda: h.verdicts(topic) >= count, 120, "verdicts for the re-driven events",
                    workers=(wp,))
             recovery = h.first_row_after(topic, redriven)
