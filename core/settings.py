@@ -161,7 +161,8 @@ class WorkerSettings(BaseModel):
     # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
     # succeeded, for this long.
     health_stall_s: float = Field(60.0, gt=0)
-    # Stop when every assigned partition is at its end offset (demo and tests).
+    # Stop after this many quiet seconds once the group has no lag on any partition of the
+    # topic (committed = end offsets), whoever owns it (demo and tests).
     exit_when_idle_s: float | None = None
 
 
