@@ -240,7 +240,9 @@ class ModelServer:
             raise HttpError(503, HttpKind.OVERLOADED,
                             f"{busy} requests in flight (max_queue {self.cfg.max_queue}); "
                             "retry later", retry_after_s=1)
-        faults = self._pipeline.faults.active()
+        # A fault is only known to last while some event still retries against it (the
+        # first success clears it); with nothing in flight, this request is the probe.
+        faults = self._pipeline.faults.active() if self._pipeline.in_flight else {}
         needs = {MODEL} if kind is RequestKind.IMAGE else {MODEL, S3}
         for dependency in sorted(needs & set(faults)):
             raise HttpError(503, HttpKind.UNAVAILABLE,
