@@ -138,7 +138,9 @@ class DatabaseSettings(BaseModel):
 class WorkerSettings(BaseModel):
     model_config = _FROZEN
 
-    model_path: Path = Path("artifacts/models/current")
+    # The counter shipped in the repository (trainer/RESULTS.md); `train quickstart` and
+    # `train counter` write elsewhere (artifacts/models/...).
+    model_path: Path = Path("models/counter")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: int = Field(50, ge=1)

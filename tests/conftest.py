@@ -162,14 +162,14 @@ def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> Artifact
     from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     def make(version: str = "test-lite0-a", *, input_size: int = 160, seed: int = 0,
-             architecture: str = "efficientnet_lite0") -> Path:
+             architecture: str = "efficientnet_lite0", decode: str = "full") -> Path:
         directory = tmp_path_factory.mktemp("artifacts") / version
         torch.manual_seed(seed)
         model = build_model(architecture, 5, weights=None)
         card = ModelCard(version=version, architecture=architecture,
                          class_counts=[1, 2, 3, 4, 5], input_size=input_size,
                          mean=IMAGENET_MEAN, std=IMAGENET_STD, created_at=datetime.now(UTC),
-                         code_version="test")
+                         code_version="test", decode=decode)
         return save_artifact(directory, model, card)
 
     return make

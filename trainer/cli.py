@@ -16,10 +16,11 @@ import typer
 from core.cliutil import console, fail, settings_of
 from core.db import open_engine
 from core.model.card import ArtifactError, new_version
-from trainer import data
+from trainer import cli_recipe, data
 from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
 from trainer.config import FitConfig, read_hyperparameters
+from trainer.datasets import list_object_sizes
 from trainer.distributed import dist_info
 from trainer.evaluate import evaluate_artifact, write_evaluation
 from trainer.fetch import fetch_with_settings
@@ -38,6 +39,7 @@ Opt = typer.Option
 
 def register(app: typer.Typer) -> None:
     """Mount the trainer package's commands on the root app."""
+    cli_recipe.register(train_app)
     app.add_typer(train_app, name="train")
     app.add_typer(model_app, name="model")
     app.add_typer(data_app, name="data")
@@ -53,11 +55,15 @@ def prepare_cmd(
     labels: Annotated[Path | None, Opt(help="labels.csv (image,expected_quantity) or an "
                                             "auditors' CSV (id,image_path,expected_quantity).")
                       ] = None,
-    source_dir: Annotated[Path | None, Opt(help="Local ABID-format folder (images/, metadata/).")
-                          ] = None,
+    source_dir: Annotated[list[Path] | None, Opt(
+        help="Local ABID-format folder (images/, metadata/, labels.csv); repeat it to combine "
+             "folders, e.g. the sample, the extra set and reviewed bins.")] = None,
     bucket: Annotated[str | None, Opt(help="Fetch the listed ids from this ABID bucket first "
                                            "(`binaudit data fetch`) into --source-dir "
                                            "(default data/abid).")] = None,
+    s3_bucket: Annotated[str | None, Opt(
+        help="Train straight from this bucket in the ABID layout (bin-images/<id>.jpg): "
+             "nothing is downloaded; labels from --file-list or --labels.")] = None,
     classes: Annotated[str, Opt(help="Item counts that are classes, e.g. 1-5.")] = "1-5",
     seed: int = 0,
     val_fraction: float = 0.1,
@@ -67,25 +73,19 @@ def prepare_cmd(
     given = [x for x in (file_list, ids, labels) if x is not None]
     if len(given) > 1:
         fail("give one of --file-list, --ids, --labels")
+    dirs = list(source_dir or [])
     if bucket is not None:
-        source_dir = source_dir or Path("data/abid")
+        dirs = dirs or [Path("data/abid")]
         wanted = _listed_ids(file_list=file_list, ids=ids, labels=labels)
-        _fetch_from_bucket(ctx, bucket, wanted, source_dir)
-    if source_dir is None:
-        fail("--source-dir is required (a local ABID-format folder)")
-    if not given:
-        labels = source_dir / "labels.csv"
-    if file_list is not None:
-        entries = data.read_file_list(file_list)
-    elif ids is not None:
-        entries = data.read_ids(ids, source_dir)
-    else:
-        assert labels is not None
-        entries = data.read_labels_csv(labels)
+        _fetch_from_bucket(ctx, bucket, wanted, dirs[0])
     fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
     try:
-        manifest = data.build_manifest(entries, source_dir, classes=data.parse_classes(classes),
-                                       seed=seed, fractions=fractions)
+        entries, sizes = _entries(ctx, dirs, s3_bucket, file_list=file_list, ids=ids,
+                                  labels=labels)
+        manifest = data.build_manifest(
+            entries, dirs[0] if dirs else Path("."), classes=data.parse_classes(classes),
+            seed=seed, fractions=fractions, object_sizes=sizes,
+            source=f"s3://{s3_bucket}" if s3_bucket else ",".join(map(str, dirs)))
     except data.DataError as exc:
         fail(str(exc))
     data.write_manifest(manifest, out)
@@ -97,8 +97,33 @@ def prepare_cmd(
                       f"({classes})")
     if manifest.missing:
         shown = ", ".join(manifest.missing[:5])
-        console.print(f"[yellow]{len(manifest.missing)} ids missing from {source_dir}[/yellow]"
-                      f" (e.g. {shown})")
+        console.print(f"[yellow]{len(manifest.missing)} ids missing from {manifest.source}"
+                      f"[/yellow] (e.g. {shown})")
+
+
+def _entries(ctx: typer.Context, dirs: list[Path], s3_bucket: str | None, *,
+             file_list: Path | None, ids: Path | None, labels: Path | None
+             ) -> tuple[list[data.LabeledId], dict[str, int] | None]:
+    """The labelled ids of ``prepare``, resolved to local paths or ``s3://`` URIs."""
+    if s3_bucket is not None:
+        if file_list is not None:
+            listed = data.read_file_list(file_list)
+        elif labels is not None:
+            listed = data.read_labels_csv(labels)
+        else:
+            raise data.DataError("--s3-bucket needs --file-list or --labels")
+        sizes = list_object_sizes(settings_of(ctx).s3, s3_bucket, "bin-images/")
+        return data.entries_in_bucket(listed, s3_bucket, sizes), sizes
+    if not dirs:
+        raise data.DataError("--source-dir (a local ABID-format folder) or --s3-bucket is "
+                             "required")
+    if file_list is not None:
+        return data.read_file_list(file_list), None
+    if ids is not None:
+        return data.read_ids(ids, dirs[0]), None
+    if labels is not None:
+        return data.read_labels_csv(labels), None
+    return data.entries_from_dirs(dirs), None
 
 
 def _listed_ids(*, file_list: Path | None, ids: Path | None, labels: Path | None) -> list[str]:
@@ -143,6 +168,7 @@ def _fit_config(**kw: Any) -> Any:
 
 @train_app.command("fit")
 def fit_cmd(
+    ctx: typer.Context,
     manifest: Annotated[Path | None, Opt(help="Manifest from `train prepare` "
                                             f"[default: {DEFAULT_MANIFEST}]")] = None,
     hyperparameters: Annotated[Path | None, Opt(help="hp.json with batch-size, epochs, lr.")
@@ -178,7 +204,7 @@ def fit_cmd(
         profile=profile or None, profile_steps=profile_steps, lr_schedule=lr_schedule,
         weight_decay=weight_decay, device=device, progress=progress,
         debug_rank_metrics=debug_rank_metrics or None)
-    result = fit(config)
+    result = fit(config, s3=settings_of(ctx).s3)
     if dist_info().is_main:
         _print_fit(config.out, result)
 
@@ -251,6 +277,7 @@ def evaluate_cmd(
 
 @train_app.command("quickstart")
 def quickstart_cmd(
+    ctx: typer.Context,
     source_dir: Path = Path("../shared/data/abid-sample"),
     out: Annotated[Path, Opt(help="Models root; the run goes to <out>/<version> and "
                                   "<out>/current points at it.")] = Path("artifacts/models"),
@@ -266,7 +293,7 @@ def quickstart_cmd(
                          batch_size=32, lr=3e-3, freeze="backbone", image_size=image_size,
                          model="efficientnet_lite0", weights="default")
     config = config.model_copy(update={"out": out / config.version})
-    result = fit(config)
+    result = fit(config, s3=settings_of(ctx).s3)
     current = out / "current"
     if current.is_symlink() or not current.exists():
         current.unlink(missing_ok=True)

@@ -22,6 +22,11 @@ class FitConfig(BaseModel):
     weights: str = "default"  # PATH | default | none
     freeze: str = "backbone"  # backbone | none | k (unfreeze the last k backbone blocks)
     image_size: int = Field(224, ge=32)
+    # JPEG decode policy, written into the model card so the worker decodes the same way.
+    decode: Literal["full", "draft"] = "full"
+    # hflip: the reference's RandomHorizontalFlip; count: flips, 90-degree turns, mild crop
+    # and colour (datasets.count_preserving_augment).
+    augment: Literal["hflip", "count"] = "hflip"
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -54,6 +59,7 @@ class FitConfig(BaseModel):
         return {
             "batch-size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
             "freeze": self.freeze, "image_size": self.image_size, "weights": self.weights,
+            "decode": self.decode, "augment": self.augment,
             "weight_decay": self.weight_decay, "dropout": self.dropout,
             "lr_schedule": self.lr_schedule, "seed": self.seed, "patience": self.patience,
         }

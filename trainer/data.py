@@ -1,4 +1,4 @@
-"""Data: label sources -> a seeded, stratified split manifest; cached in-memory image tensors.
+"""Data: label sources -> a seeded, stratified split manifest (images load lazily: datasets.py).
 
 A manifest is a JSON file (plus a CSV copy for people) listing every usable image once with its
 count, class index and split, the data fingerprint, and what was excluded or missing. Ids are
@@ -17,10 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import PIL.Image
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +138,33 @@ def resolve_image(source_dir: Path, entry: LabeledId) -> Path | None:
     return _find(source_dir, IMAGE_DIRS, f"{entry.id}.jpg")
 
 
+def entries_from_dirs(dirs: Sequence[Path]) -> list[LabeledId]:
+    """Several ABID-format folders combined (e.g. the sample, the extra set and reviewed bins),
+    each with its own ``labels.csv``; image paths resolved in their own folder (absolute)."""
+    out: list[LabeledId] = []
+    for directory in dirs:
+        labels = directory / "labels.csv"
+        if not labels.is_file():
+            raise DataError(f"{labels} not found: each --source-dir needs its labels.csv")
+        for entry in read_labels_csv(labels):
+            image = resolve_image(directory, entry)
+            out.append(entry.model_copy(update={"image_path": str(image.resolve())})
+                       if image else entry.model_copy(update={"image_path": None}))
+    return out
+
+
+def entries_in_bucket(entries: Sequence[LabeledId], bucket: str,
+                      sizes: dict[str, int]) -> list[LabeledId]:
+    """Point entries at ``s3://bucket/bin-images/<id>.jpg`` (the ABID layout) where the object
+    exists (``sizes``: key -> bytes, from a listing); the others stay unresolved."""
+    out = []
+    for entry in entries:
+        key = f"bin-images/{entry.id}.jpg"
+        out.append(entry.model_copy(
+            update={"image_path": f"s3://{bucket}/{key}" if key in sizes else None}))
+    return out
+
+
 # ---- split and fingerprint ---------------------------------------------------------------------
 
 def stratified_split(
@@ -187,19 +211,25 @@ def build_manifest(
     classes: Sequence[int],
     seed: int,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    object_sizes: dict[str, int] | None = None,
+    source: str | None = None,
 ) -> Manifest:
-    """Keep entries whose count is a class and whose image exists; split; fingerprint."""
+    """Keep entries whose count is a class and whose image exists; split; fingerprint.
+
+    Images are local files, or ``s3://`` URIs whose sizes come in ``object_sizes`` (bucket
+    key -> bytes, from one listing) so that nothing is downloaded to build a manifest.
+    """
     class_index = {c: i for i, c in enumerate(classes)}
     excluded: list[dict[str, str | int]] = []
     missing: list[str] = []
-    kept: dict[str, tuple[LabeledId, Path]] = {}
+    kept: dict[str, tuple[LabeledId, str]] = {}
     for entry in entries:
         if entry.id in kept:
             continue
         if entry.count not in class_index:
             excluded.append({"id": entry.id, "count": entry.count, "reason": "count not a class"})
             continue
-        image = resolve_image(source_dir, entry)
+        image = _locate(source_dir, entry, object_sizes)
         if image is None:
             missing.append(entry.id)
             continue
@@ -210,14 +240,29 @@ def build_manifest(
     splits = stratified_split({i: class_index[e.count] for i, (e, _) in kept.items()},
                               seed=seed, fractions=fractions)
     items = [
-        ManifestItem(id=i, image_path=str(path.resolve()), count=e.count,
+        ManifestItem(id=i, image_path=path, count=e.count,
                      label=class_index[e.count], split=splits[i])
         for i, (e, path) in sorted(kept.items())
     ]
-    fp = fingerprint([(it.id, it.count, Path(it.image_path).stat().st_size) for it in items])
-    return Manifest(created_at=datetime.now(UTC), source=str(source_dir), seed=seed,
+    fp = fingerprint([(it.id, it.count, _size(it.image_path, object_sizes)) for it in items])
+    return Manifest(created_at=datetime.now(UTC), source=source or str(source_dir), seed=seed,
                     fractions=fractions, classes=list(classes), fingerprint=fp, items=items,
                     excluded=excluded, missing=missing)
+
+
+def _locate(source_dir: Path, entry: LabeledId, sizes: dict[str, int] | None) -> str | None:
+    if entry.image_path and entry.image_path.startswith("s3://"):
+        key = entry.image_path[5:].partition("/")[2]
+        return entry.image_path if sizes is not None and key in sizes else None
+    image = resolve_image(source_dir, entry)
+    return str(image.resolve()) if image else None
+
+
+def _size(image_path: str, sizes: dict[str, int] | None) -> int:
+    if image_path.startswith("s3://"):
+        assert sizes is not None
+        return sizes[image_path[5:].partition("/")[2]]
+    return Path(image_path).stat().st_size
 
 
 def write_manifest(manifest: Manifest, path: Path) -> None:
@@ -235,52 +280,3 @@ def read_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise DataError(f"manifest {path} not found (create it with `binaudit train prepare`)")
     return Manifest.model_validate_json(path.read_text())
-
-
-# ---- tensors -----------------------------------------------------------------------------------
-
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Decode -> RGB -> Resize((size, size)) -> uint8 CHW (ToTensor later divides by 255)."""
-    from torchvision.transforms import functional as F
-
-    with PIL.Image.open(path) as im:
-        resized = F.resize(im.convert("RGB"), [size, size])
-    return F.pil_to_tensor(resized)
-
-
-_CACHE: dict[tuple[str, int], torch.Tensor] = {}
-
-
-def load_split(items: Sequence[ManifestItem], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of ``items`` as one uint8 tensor (N, 3, size, size) and labels (N,).
-
-    Decoded images are cached in memory per (path, size): the datasets here are small, and
-    repeated epochs and tuning trials then cost no decoding.
-    """
-    images = []
-    for item in items:
-        key = (item.image_path, size)
-        if key not in _CACHE:
-            _CACHE[key] = load_image(item.image_path, size)
-        images.append(_CACHE[key])
-    if not images:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
-    return torch.stack(images), torch.tensor([item.label for item in items], dtype=torch.long)
-
-
-class TensorImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Cached uint8 images; random horizontal flip when ``train`` (normalised on the device)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, train: bool) -> None:
-        self.images = images
-        self.labels = labels
-        self.train = train
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        if self.train and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, self.labels[index]

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from core.model.preprocess import normalize
+
 PHASES = ("data", "forward", "backward", "optimizer")
 
 
@@ -25,10 +27,8 @@ class Preprocess:
     channels_last: bool = True
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        # The serving path's normalisation (core.model.preprocess), on the training device.
+        x = normalize(images.to(self.device, non_blocking=True), self.mean, self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 

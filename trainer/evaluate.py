@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import torch
 
 from core import plots
-from core.model.artifact import load_artifact
-from core.model.preprocess import eval_transform
+from core.model.preprocess import load_uint8, normalize
 from core.scoring import counting_metrics
+from inference.counter import BinCounter
 from trainer.data import read_manifest
 
 
@@ -21,27 +20,28 @@ def evaluate_artifact(
     artifact: Path, manifest_path: Path, *, split: str = "test", batch_size: int = 32,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Counting metrics of ``artifact`` on ``split`` using :func:`load_artifact` and
-    :func:`eval_transform` (exactly what the worker runs)."""
-    model, card = load_artifact(artifact, map_location=device)
+    """Counting metrics of ``artifact`` on ``split`` through the worker's own model stage
+    (:class:`BinCounter`) and preprocessing (:mod:`core.model.preprocess`)."""
+    counter = BinCounter.from_artifact(artifact, "cuda" if device == "cuda" else "cpu")
+    card = counter.card
     manifest = read_manifest(manifest_path)
     if manifest.classes != card.class_counts:
         raise ValueError(f"manifest classes {manifest.classes} differ from the artifact's "
                          f"{card.class_counts}")
-    transform = eval_transform(card)
     items = manifest.split(split)
-    y_pred: list[int] = []
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
-        batch = []
-        for item in items[start:start + batch_size]:
-            with PIL.Image.open(item.image_path) as im:
-                batch.append(transform(im))
-        logits = model(torch.stack(batch).to(device))
-        y_pred.extend(card.class_counts[i] for i in logits.argmax(1).tolist())
-    metrics = counting_metrics([i.count for i in items], y_pred, card.class_counts)
+        chunk = items[start:start + batch_size]
+        batch = torch.stack([load_uint8(item.image_path, card) for item in chunk])
+        for item, p in zip(chunk, counter.infer(normalize(batch, card.mean, card.std)),
+                           strict=True):
+            rows.append({"id": item.id, "count": item.count, "predicted": p.count,
+                         "confidence": p.confidence})
+    metrics = counting_metrics([r["count"] for r in rows], [r["predicted"] for r in rows],
+                               card.class_counts)
     return {"artifact": str(artifact), "version": card.version, "split": split,
             "manifest_fingerprint": manifest.fingerprint,
-            "artifact_fingerprint": card.data_fingerprint, **metrics}
+            "artifact_fingerprint": card.data_fingerprint, **metrics, "predictions": rows}
 
 
 def write_evaluation(result: dict[str, Any], out: Path) -> Path:

@@ -27,10 +27,12 @@ from core.model.artifact import save_artifact
 from core.model.card import ModelCard
 from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from core.scoring import counting_metrics, majority_baseline, scalar_metrics
+from core.settings import S3Settings
 from trainer import checkpoint as ckpt
 from trainer import distributed as d
 from trainer.config import FitConfig
-from trainer.data import Manifest, TensorImages, load_split, read_manifest
+from trainer.data import Manifest, ManifestItem, read_manifest
+from trainer.datasets import CountingImages, Decode, make_loader
 from trainer.engine import PassStats, Preprocess, evaluate, train_one_epoch
 from trainer.profiling import ProfileWindow, write_report
 
@@ -75,24 +77,30 @@ def code_version() -> str:
 
 
 def _loaders(
-    manifest: Manifest, config: FitConfig, info: d.DistInfo
+    manifest: Manifest, config: FitConfig, info: d.DistInfo, s3: S3Settings | None
 ) -> tuple[DataLoader[Any], DistributedSampler[Any], dict[str, DataLoader[Any]]]:
-    train = TensorImages(*load_split(manifest.split("train"), config.image_size), train=True)
+    decode = Decode(config.image_size, config.decode)
+    train = CountingImages(_pairs(manifest.split("train")), decode, augment=config.augment,
+                           s3=s3)
     # A DistributedSampler even for one process: its order depends on (seed, epoch) only, so a
     # resumed run sees exactly the batches an uninterrupted run would have.
     sampler: DistributedSampler[Any] = DistributedSampler(
         train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed)
     pin = config.device != "cpu" and torch.cuda.is_available()
-    train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler,
-                              num_workers=config.workers, pin_memory=pin)
+    train_loader = make_loader(train, batch_size=config.batch_size, workers=config.workers,
+                               pin_memory=pin, sampler=sampler)
     evals = {}
     for split in ("val", "test"):
-        ds = TensorImages(*load_split(manifest.split(split), config.image_size), train=False)
+        ds = CountingImages(_pairs(manifest.split(split)), decode, s3=s3)
         # Strided shards without padding, so summed metrics count every image exactly once.
         shard = Subset(ds, range(info.rank, len(ds), info.world_size))
-        evals[split] = DataLoader(shard, batch_size=max(config.batch_size, 64),
-                                  num_workers=config.workers, pin_memory=pin)
+        evals[split] = make_loader(shard, batch_size=max(config.batch_size, 64),
+                                   workers=config.workers, pin_memory=pin)
     return train_loader, sampler, evals
+
+
+def _pairs(items: list[ManifestItem]) -> list[tuple[str, int]]:
+    return [(item.image_path, item.label) for item in items]
 
 
 def _model(config: FitConfig, n_classes: int, device: torch.device,
@@ -135,9 +143,12 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _epoch_record(epoch: int, train: dict[str, float], val: dict[str, float], lr: float,
-                  seconds: float) -> dict[str, float]:
+                  seconds: float, data_seconds: float) -> dict[str, float]:
     return {
         "epoch": epoch, "lr": lr, "seconds": seconds,
+        # Share of the epoch spent waiting for the DataLoader (decoding was the bottleneck
+        # when it grows; more --workers then).
+        "data_wait_fraction": data_seconds / seconds if seconds else 0.0,
         "train_loss": train["loss_sum"] / max(train["n"], 1),
         "train_accuracy": train["correct"] / max(train["n"], 1),
         "val_loss": val["loss_sum"] / max(val["n"], 1),
@@ -228,6 +239,7 @@ def _write_outputs(config: FitConfig, manifest: Manifest, model: nn.Module, resu
         card = ModelCard(
             version=config.version, architecture=config.model, class_counts=manifest.classes,
             input_size=config.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            decode=config.decode,
             metrics=card_metrics, data_fingerprint=manifest.fingerprint,
             hyperparameters=config.hyperparameters(), created_at=datetime.now(UTC),
             code_version=code_version())
@@ -235,21 +247,25 @@ def _write_outputs(config: FitConfig, manifest: Manifest, model: nn.Module, resu
         log.info("artifact %s written to %s", config.version, out)
 
 
-def fit(config: FitConfig, *, on_epoch: EpochCallback | None = None) -> FitResult:
-    """Train per ``config`` (single process or one torchrun rank); see the module docstring."""
+def fit(config: FitConfig, *, s3: S3Settings | None = None,
+        on_epoch: EpochCallback | None = None) -> FitResult:
+    """Train per ``config`` (single process or one torchrun rank); see the module docstring.
+
+    ``s3`` is where ``s3://`` images of the manifest are read from (endpoint, credentials).
+    """
     info = d.dist_info()
     device = d.pick_device(config.device, info)
     d.setup(info, device)
     try:
-        return _fit(config, info, device, on_epoch)
+        return _fit(config, info, device, on_epoch, s3)
     finally:
         d.teardown()
 
 
 def _fit(config: FitConfig, info: d.DistInfo, device: torch.device,
-         on_epoch: EpochCallback | None) -> FitResult:
+         on_epoch: EpochCallback | None, s3: S3Settings | None) -> FitResult:
     manifest = read_manifest(config.manifest)
-    train_loader, sampler, evals = _loaders(manifest, config, info)
+    train_loader, sampler, evals = _loaders(manifest, config, info, s3)
     model, frozen = _model(config, len(manifest.classes), device, info)
     optimizer, scheduler = _optimizer(model, config)
     state = _resume(config.resume, model, optimizer, scheduler, device) \
@@ -267,7 +283,8 @@ def _fit(config: FitConfig, info: d.DistInfo, device: torch.device,
         val_stats, _, _ = evaluate(model, evals["val"], preprocess=pre)
         record = _epoch_record(epoch, d.all_reduce_sums(stats.sums(), device),
                                d.all_reduce_sums(val_stats.sums(), device),
-                               optimizer.param_groups[0]["lr"], stats.seconds)
+                               optimizer.param_groups[0]["lr"], stats.seconds,
+                               stats.phase_seconds["data"])
         state.history.append(record)
         if record["val_loss"] < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.bad_epochs = record["val_loss"], epoch, 0

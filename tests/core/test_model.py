@@ -13,7 +13,7 @@ import torch
 from core.model.architectures import build_model
 from core.model.artifact import find_latest_artifact, load_artifact, save_artifact
 from core.model.card import ArtifactError, ModelCard
-from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_uint8
 
 
 def _card(version: str = "v1", *, arch: str = "efficientnet_lite0",
@@ -32,7 +32,8 @@ def artifact(tmp_path: Path) -> Path:
 def test_round_trip(artifact: Path) -> None:
     model, card = load_artifact(artifact)
     assert not model.training and card.version == "v1"
-    x = eval_transform(card)(PIL.Image.new("RGB", (100, 80)))
+    x = normalize(resize_uint8(PIL.Image.new("RGB", (100, 80)), card.input_size),
+                  card.mean, card.std)
     assert x.shape == (3, 32, 32)
     assert model(x[None]).shape == (1, 5)
 
