@@ -105,6 +105,9 @@ class ImageFetcher:
         self._stopping.set()
         if self._loop is None:
             return
+        # Fetches still retrying (S3 down) are cancelled here, on their loop, rather than
+        # closed half-way when the loop is (their futures then say "cancelled").
+        asyncio.run_coroutine_threadsafe(_cancel_pending(), self._loop).result(timeout=30)
         if self._stack is not None:
             asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -177,6 +180,14 @@ class ImageFetcher:
         if not data:
             raise EventError(ErrorKind.EMPTY_OBJECT, f"{uri} is empty (0 bytes)")
         return data
+
+
+async def _cancel_pending() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _failure_class(exc: BaseException) -> FailureClass:

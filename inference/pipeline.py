@@ -171,8 +171,9 @@ class InferencePipeline:
         except EventError as exc:
             self._finish(Outcome(item, error=exc))
             return
-        except FetcherStopped as exc:
-            self._finish(Outcome(item, error=EventError(ErrorKind.SHUTTING_DOWN, str(exc)),
+        except (FetcherStopped, concurrent.futures.CancelledError) as exc:
+            self._finish(Outcome(item, error=EventError(ErrorKind.SHUTTING_DOWN,
+                                                        f"fetch stopped: {exc!r}"),
                                  retryable=True))
             return
         self.metrics.observe_stage("fetch", time.perf_counter() - started)
