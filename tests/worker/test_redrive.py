@@ -63,7 +63,12 @@ def test_redrive_after_restoring_the_object_gives_a_verdict_once(
 
     s3_client.put_object(Bucket=bucket, Key=image_key(gone.id),
                          Body=gone.image_path.read_bytes())
-    dry = _cli(settings, "--kind", "missing_object", "--source-topic", topic, "--dry-run")
+    for window in (["--until", "2000-01-01"], ["--since", "2999-01-01T00:00:00+00:00"],
+                   ["--kind", "fetch_failed"]):
+        none = _cli(settings, *window, "--source-topic", topic, "--dry-run")
+        assert none.exit_code == 0 and "would re-drive 0 dead letters" in none.output, window
+    dry = _cli(settings, "--kind", "missing_object", "--source-topic", topic, "--dry-run",
+               "--since", "2000-01-01")
     assert dry.exit_code == 0, dry.output
     assert "would re-drive 1 dead letters" in dry.output
     assert _scalar(clean_db, "SELECT count(*) FROM dead_letters WHERE redriven_at IS NOT NULL") == 0
