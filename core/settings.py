@@ -148,7 +148,11 @@ class WorkerSettings(BaseModel):
     max_in_flight: int = Field(256, ge=1)
     decode_workers: int = Field(2, ge=1)
     poll_max_records: int = 64
-    uncertain_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    # Overrides of the model card's decision thresholds (None: the card's, chosen by the
+    # trainer on validation for its target false-alarm rate). match when P(manifest count)
+    # >= match_min_p; mismatch when 1 - P(manifest count) >= mismatch_min_score.
+    match_min_p: float | None = Field(None, ge=0.0, le=1.0)
+    mismatch_min_score: float | None = Field(None, ge=0.0, le=1.0)
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     metrics_port: int | None = 9108
@@ -170,7 +174,7 @@ class WorkerSettings(BaseModel):
 
 class ServeSettings(BaseModel):
     """``binaudit serve``: the SageMaker-compatible HTTP endpoint (model path, device, image
-    limits and the uncertain threshold come from ``worker``, so both front ends agree)."""
+    limits and the decision-threshold overrides come from ``worker``, so both front ends agree)."""
 
     model_config = _FROZEN
 
@@ -186,6 +190,55 @@ class ServeSettings(BaseModel):
     max_wait_ms: int = Field(10, ge=1)
     # SIGTERM: stop accepting, answer what is in flight within this deadline, then exit.
     shutdown_grace_s: float = Field(20.0, ge=0)
+
+
+PLACEHOLDER_SESSION_SECRET = "dev-only-insecure-console-session-secret"
+
+
+class ConsoleSettings(BaseModel):
+    """``binaudit console``: the auditors' web application (README, Auditor console)."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    # Signs the session cookie. The placeholder is refused outside development/test.
+    session_secret: SecretStr = SecretStr(PLACEHOLDER_SESSION_SECRET)
+    session_max_age_s: int = Field(8 * 3600, ge=60)
+    # Secure cookies (HTTPS only): turn on behind TLS.
+    secure_cookies: bool = False
+    # The console's own database login (migration 0004); it may only SET ROLE to the auditor
+    # and reviewer roles. Host, port and database come from db.url.
+    db_user: str = "binaudit_console"
+    db_password: SecretStr | None = None
+    db_pool_size: int = Field(5, ge=1)
+    # SSO: a reverse proxy that authenticates people sets this header to the account name;
+    # trusted only from these peer addresses. None: password sign-in only.
+    trusted_user_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    page_size: int = Field(50, ge=1, le=500)
+    # Full images: "proxy" (the console fetches and serves them; browsers need no S3 access)
+    # or "presigned" (a redirect to a presigned S3 URL valid presigned_url_ttl_s; browsers
+    # must reach S3). Thumbnails are always made and served by the console.
+    image_delivery: Literal["proxy", "presigned"] = "proxy"
+    presigned_url_ttl_s: int = Field(300, ge=30, le=3600)
+    # Browsers may cache proxied images this long.
+    image_max_age_s: int = Field(300, ge=0)
+    image_cache_mb: int = Field(64, ge=0)
+    thumbnail_px: int = Field(160, ge=32, le=1024)
+    # Overview aggregates are recomputed at most this often.
+    overview_cache_s: float = Field(60.0, ge=0)
+
+    def secret_problem(self, environment: str) -> str | None:
+        """Why this session secret must not be used in ``environment`` (None: fine)."""
+        if environment in ("development", "test"):
+            return None
+        secret = self.session_secret.get_secret_value()
+        if secret == PLACEHOLDER_SESSION_SECRET:
+            return "BINAUDIT_CONSOLE__SESSION_SECRET is the development placeholder"
+        if len(secret) < 32:
+            return "BINAUDIT_CONSOLE__SESSION_SECRET must be at least 32 characters"
+        return None
 
 
 class ServicesSettings(BaseModel):
@@ -221,4 +274,5 @@ class Settings(BaseSettings):
     db: DatabaseSettings = DatabaseSettings()
     worker: WorkerSettings = WorkerSettings()
     serve: ServeSettings = ServeSettings()
+    console: ConsoleSettings = ConsoleSettings()
     services: ServicesSettings = ServicesSettings()

@@ -79,7 +79,11 @@ class AuditVerdict(BaseModel):
     expected_quantity: int = Field(ge=0)
     predicted_quantity: int | None = Field(default=None, ge=0)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Calibrated distribution over the model's counts (temperature from the model card).
     class_probabilities: dict[str, float] | None = None
+    # Calibrated P(manifest's count) and 1 - that; None when the count is not a model class.
+    p_expected: float | None = Field(default=None, ge=0.0, le=1.0)
+    discrepancy_score: float | None = Field(default=None, ge=0.0, le=1.0)
     status: VerdictStatus
     model_version: str
     topic: str
@@ -98,6 +102,9 @@ class DiscrepancyRecord(BaseModel):
     expected_quantity: int = Field(ge=0)
     predicted_quantity: int = Field(ge=0)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    p_expected: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Orders the auditors' queue (highest first).
+    discrepancy_score: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class DeadLetterRecord(BaseModel):

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
-from inference.compare import Prediction, decide
+from inference.compare import Prediction, decide, policy_for
 from inference.counter import BinCounter
 from inference.images import S3, ImageFetcher
 from inference.pipeline import MODEL, InferencePipeline, Outcome, PipelineConfig, WorkItem
@@ -264,11 +264,10 @@ class ModelServer:
         outcome = await self._run(WorkItem(None, request.event))
         prediction = _prediction_or_raise(outcome, from_s3=True)
         counter = self._model()
-        # The worker's own rule and threshold: the endpoint and the stream never disagree.
-        verdict = decide(predicted=prediction.count, confidence=prediction.confidence,
-                         expected=request.event.expected_quantity,
+        # The worker's own rule and thresholds: the endpoint and the stream never disagree.
+        verdict = decide(prediction, expected=request.event.expected_quantity,
                          supported_counts=counter.card.class_counts,
-                         uncertain_threshold=self.settings.worker.uncertain_threshold)
+                         policy=policy_for(counter.card, self.settings.worker))
         return web.json_response(event_body(prediction, request, verdict,
                                             model_version=counter.version,
                                             class_counts=counter.card.class_counts))

@@ -180,6 +180,23 @@ def model_artifact(model_artifact_factory: ArtifactFactory) -> Path:
     return model_artifact_factory()
 
 
+@pytest.fixture(scope="session")
+def demo_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model ``make demo`` trains (``binaudit train quickstart``: ImageNet EfficientNet-Lite0,
+    frozen backbone, the sample's 1..5-item bins, calibrated and thresholded on validation),
+    at 128 px for 3 epochs so that it fits a CPU test run (minutes)."""
+    from typer.testing import CliRunner
+
+    from binaudit.cli import app
+
+    out = tmp_path_factory.mktemp("demo-models")
+    result = CliRunner().invoke(app, ["train", "quickstart", "--source-dir", str(sample_dir),
+                                      "--out", str(out), "--epochs", "3",
+                                      "--image-size", "128"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return (out / "current").resolve()
+
+
 def settings_env(**sections: dict[str, Any]) -> dict[str, str]:
     """Environment variables that set nested settings in a child process."""
     env = {}

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.producer import EventProducer
 from core.settings import Settings
+from inference.compare import policy_for
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
 from inference.outcomes import dead_letter_record, verdict_records
@@ -97,6 +98,10 @@ class Worker:
             warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
             log.info("model %s warmed up in %.2fs", counter.version, warm)
             self.counter = counter
+            self.policy = policy_for(counter.card, self.cfg)
+            log.info("decision policy: match when P(manifest count) >= %.4f, mismatch when "
+                     "1 - P >= %.4f (%s)", self.policy.match_min_p,
+                     self.policy.mismatch_min_score, self.policy.chosen_on or "card defaults")
             self.sink = stack.enter_context(ResultSink(self.settings.db))
             self._register_model()
             fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
@@ -206,8 +211,7 @@ class Worker:
             verdict, discrepancy = verdict_records(
                 event=item.event, topic=pos.topic, partition=pos.partition, offset=pos.offset,
                 prediction=outcome.prediction, model_version=self.counter.version,
-                supported_counts=self.counter.card.class_counts,
-                uncertain_threshold=self.cfg.uncertain_threshold)
+                supported_counts=self.counter.card.class_counts, policy=self.policy)
             self._pending.verdicts.append(verdict)
             if discrepancy is not None:
                 self._pending.discrepancies.append(discrepancy)

@@ -27,10 +27,10 @@ import pytest
 import requests
 from PIL import Image
 
-from core.model.card import ArtifactError
+from core.model.card import ArtifactError, DecisionPolicy
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
-from inference.compare import Prediction, decide
+from inference.compare import Prediction, decide, prediction_from_probs
 from inference.counter import BinCounter
 from schemas.events import BinEvent, encode_event
 from serve.server import ModelServer, run_server
@@ -291,9 +291,9 @@ def test_json_events_are_fetched_from_s3_and_get_the_workers_verdict(
         server_factory: ServerFactory, reference: tuple[BinCounter, Preprocessor],
         bucket_factory: Callable[..., str], s3_client: Any, sample_dir: Path) -> None:
     bucket, other = bucket_factory("serve"), bucket_factory("serve-denied")
-    threshold = 0.25
+    policy = DecisionPolicy(match_min_p=0.3, mismatch_min_score=0.7)
     st = server_factory(s3={"allowed_buckets": (bucket,)},
-                        worker={"uncertain_threshold": threshold})
+                        worker={"match_min_p": 0.3, "mismatch_min_score": 0.7})
     counter, _ = reference
     picked = [s for s in samples(sample_dir) if 1 <= s[1] <= 5][:3] + \
         [s for s in samples(sample_dir) if s[1] > 5][:1]
@@ -308,11 +308,16 @@ def test_json_events_are_fetched_from_s3_and_get_the_workers_verdict(
             resp = st.invoke(body, "application/json")
             assert resp.status_code == 200, resp.text
             got = resp.json()
-            assert got.keys() >= FIELDS | {"verdict", "image_uri", "expected_quantity"}
+            assert got.keys() >= FIELDS | {"verdict", "image_uri", "expected_quantity",
+                                           "p_expected", "discrepancy_score"}
             assert_same(got, direct(reference, path.read_bytes()))
-            assert got["verdict"] == decide(
-                predicted=got["count"], confidence=got["confidence"], expected=expected,
-                supported_counts=counter.card.class_counts, uncertain_threshold=threshold)
+            verdict = decide(prediction_from_probs(
+                [got["probabilities"][str(c)] for c in counter.card.class_counts],
+                got["scores"], counter.card.class_counts), expected=expected,
+                supported_counts=counter.card.class_counts, policy=policy)
+            assert got["verdict"] == verdict.status.value
+            assert got["p_expected"] == verdict.p_expected
+            assert got["discrepancy_score"] == verdict.discrepancy_score
             assert (got.get("event_id") == event.event_id) if full else "event_id" not in got
     assert got["verdict"] == "unsupported"  # the last sample holds more than 5 items
 
