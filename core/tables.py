@@ -112,7 +112,7 @@ dead_letters = Table(
     Column("error_kind", Text, nullable=False),
     Column("message", Text, nullable=False),
     Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # `binaudit dlq redrive` (migration 0004): republished when, and to which topic.
+    # `binaudit dlq redrive` (migration 0005): republished when, and to which topic.
     Column("redriven_at", DateTime(timezone=True), nullable=True),
     Column("redriven_to", Text, nullable=True),
     UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_position"),
