@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.models import write_artifact
     from bench.services import bench_settings, prepare_database
     from core.settings import Settings
+    from devstack.clientenv import with_local_s3
     from inference.counter import resolve_device
 
     device = resolve_device(args.device).type
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     runner = ChildRunner(log_dir)
     artifact = write_artifact(work / "artifacts", "efficientnet_b4", 224, tag="bench")
-    settings = bench_settings(Settings(), db_name=args.db_name)
+    settings = bench_settings(with_local_s3(Settings()), db_name=args.db_name)
     prepare_database(settings)
     # The worker's batch before autotuning (16): the model and ceiling sections' reference.
     batch = args.batch_size or settings.worker.max_batch_size or 16

@@ -75,12 +75,17 @@ class KafkaSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
+    """The image store. Unset keys, endpoint and region mean what they mean to every AWS tool:
+    botocore's credential chain (environment, profile, web identity/IRSA, container or
+    instance role) and its region resolution (AWS_REGION, the profile). The local stack
+    (``binaudit services``) sets its own endpoint and keys explicitly."""
+
     model_config = _FROZEN
 
-    endpoint_url: str | None = "http://127.0.0.1:15000"
-    region: str = "us-east-1"
-    access_key_id: SecretStr = SecretStr("testing")
-    secret_access_key: SecretStr = SecretStr("testing")
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
     anonymous: bool = False
     # Bucket events point at; the demo seeds it in the real ABID layout.
     bucket: str = "binaudit-images"
@@ -90,6 +95,11 @@ class S3Settings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 5
+    # Per-event budget for S3 errors nobody classified (a 500 that persists for one key): after
+    # this many rounds (each with botocore's own retries) the event is a fetch_failed dead
+    # letter, so one poison object cannot stall its partition. Permission, credential, bucket
+    # and connection errors are not the event's fault: they are retried until fixed.
+    fetch_attempts: int = Field(4, ge=1)
 
 
 class AbidSourceSettings(BaseModel):
@@ -166,7 +176,14 @@ class WorkerSettings(BaseModel):
     retry_backoff_max_s: float = 10.0
     # Test/bench hook: a per-batch sleep that simulates a slow model (seconds).
     artificial_delay_s: float = 0.0
-    # Stop when every assigned partition is at its end offset (demo and tests).
+    # Test hook: while this file exists every forward pass raises (a model failing for a
+    # while, like CUDA out of memory); the reliability suite creates and removes it.
+    model_fault_flag: Path | None = None
+    # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
+    # succeeded, for this long.
+    health_stall_s: float = Field(60.0, gt=0)
+    # Stop after this many quiet seconds once the group has no lag on any partition of the
+    # topic (committed = end offsets), whoever owns it (demo and tests).
     exit_when_idle_s: float | None = None
 
 

@@ -28,11 +28,11 @@ import typer
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from tqdm import tqdm
 
 from core.db import open_engine
 from core.model.card import DecisionPolicy, ModelCard
 from core.model.preprocess import ImageLimits, Preprocessor
+from core.progress import progress
 from core.settings import KafkaSettings, Settings
 from core.tables import backtest_results, backtest_runs
 from core.timewindow import Bounds, WindowRequest, derive_run_id, ms, resolve_bounds
@@ -284,7 +284,7 @@ class Replay:
             bar.update(1)
 
         total = sum(stop - start for start, stop in bounds.values())
-        bar = tqdm(total=total, unit="ev", desc=f"replay {self.options.topic}",
+        bar = progress(total=total, unit="ev", desc=f"replay {self.options.topic}",
                    disable=not self.options.progress)
         source.start(bounds)
         try:

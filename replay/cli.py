@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from core.cliutil import console, fail, settings_of, with_overrides
+from core.cliutil import check_device, console, fail, settings_of, with_overrides
 from core.db import open_engine
 from core.model.artifact import ArtifactError
 from core.quality import headline
@@ -48,6 +48,7 @@ def replay_command(
 
     settings = with_overrides(settings_of(ctx), worker={"device": device,
                                                         "max_batch_size": max_batch_size})
+    check_device(settings.worker.device)
     try:
         window = WindowRequest.from_cli(from_=from_, to=to, from_offset=from_offset,
                                         to_offset=to_offset)

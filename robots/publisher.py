@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
 
 from core.producer import EventProducer, ensure_topic
+from core.progress import progress as progress_of
 from core.s3 import ensure_bucket, open_s3_client
 from core.settings import Settings
 from robots.manifests import ManifestPerturber, WrongManifests, truth_file, with_wrong_manifests
@@ -248,7 +248,7 @@ async def upload_objects(client: Any, bucket: str, objects: dict[str, Path | byt
                          concurrency: int, progress: bool = False) -> UploadStats:
     """Put each object unless one of the same size is already there (re-runs are cheap)."""
     stats, gate = UploadStats(), asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(objects), unit="obj", desc="upload", disable=not progress)
+    bar = progress_of(total=len(objects), unit="obj", desc="upload", disable=not progress)
 
     async def one(key: str, body: Path | bytes) -> None:
         data = body.read_bytes() if isinstance(body, Path) else body
@@ -421,7 +421,8 @@ def _send_all(settings: Settings, messages: Iterator[Message], report: PublishRe
               rate: float | None, progress: bool, total: int | None) -> None:
     failures: list[BaseException] = []
     pending: list[tuple[Message, Any]] = []
-    bar = tqdm(total=total, unit="ev", desc=f"publish {report.topic}", disable=not progress)
+    bar = progress_of(total=total, unit="ev", desc=f"publish {report.topic}",
+                      disable=not progress)
     started = time.monotonic()
     try:
         with EventProducer(settings.kafka) as producer:

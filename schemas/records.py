@@ -28,8 +28,12 @@ class ErrorKind(StrEnum):
     TRUNCATED_IMAGE = "truncated_image"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
     DECODE_ERROR = "decode_error"
-    # Not about the event: the model failed on a batch, or the pipeline is stopping. Both are
-    # retried (and never dead-lettered while a retry can still succeed).
+    # S3 kept failing for this object with an error nobody classified (e.g. a 500 for one key
+    # only) after the per-event budget; re-drive it once fixed (`binaudit dlq redrive`).
+    FETCH_FAILED = "fetch_failed"
+    # Not about the event: the model failed on a batch (kept for rows written before model
+    # failures became infrastructure faults: today they are retried, never stored), or the
+    # pipeline is stopping (left uncommitted).
     MODEL_ERROR = "model_error"
     SHUTTING_DOWN = "shutting_down"
 

@@ -33,6 +33,8 @@ fi
 say "services (Kafka KRaft, PostgreSQL 15, S3) and migrations"
 "$BIN/binaudit" services up
 "$BIN/binaudit" db upgrade
+# The product's S3 defaults are AWS's (credential chain, no endpoint): point it at local moto.
+eval "$("$BIN/binaudit" services env)"
 
 # The model: BINAUDIT_WORKER__MODEL_PATH, else the counter shipped in models/counter (trained
 # on the extra ABID set, never on these sample bins), else the newest artifact trained here,

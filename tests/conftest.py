@@ -19,6 +19,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from sqlalchemy import Engine, create_engine, text
 
 from core.settings import Settings
+from devstack.clientenv import local_env, with_local_s3
 from devstack.services import LocalServices
 from migrations.runner import upgrade
 
@@ -48,7 +49,18 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
-    return Settings(environment="test")
+    # The product's S3 defaults are AWS's; the local stack sets its endpoint and keys.
+    return with_local_s3(Settings(environment="test"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_s3_env(base_settings: Settings) -> Iterator[None]:
+    """Child processes and CliRunner invocations build their own Settings from the
+    environment: point them at the local S3 like `eval "$(binaudit services env)"` does."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in local_env(base_settings).items():
+            mp.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +132,7 @@ def topic_factory(services: Settings) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def s3_client(services: Settings) -> Any:
     cfg = services.s3
+    assert cfg.access_key_id is not None and cfg.secret_access_key is not None
     return boto3.client(
         "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
         aws_access_key_id=cfg.access_key_id.get_secret_value(),

@@ -13,12 +13,12 @@ import numpy as np
 import typer
 
 from core.cliutil import console, fail
-from core.model.card import Calibration, new_version
-from core.scoring import distribution_metrics, expected_calibration_error
+from core.model.calibration import calibrate
+from core.model.card import new_version
 from trainer import cv, data
 from trainer.datasets import Decode
 from trainer.featcache import DEFAULT_CUT, build_cache, load_cache
-from trainer.recipes import DESCRIPTIONS, RECIPES, choose_decision, export_counter
+from trainer.recipes import DESCRIPTIONS, RECIPES, export_counter
 from trainer.tail import TailConfig, as_distribution, predict_logits, train
 from trainer.train import code_version
 
@@ -118,18 +118,13 @@ def counter_cmd(
     val_counts = loaded.counts[val_idx]
     logits = predict_logits(part, loaded.features, val_idx, cfg)
     inside = (val_counts >= cfg.first_count) & (val_counts < cfg.first_count + cfg.classes)
-    temperature = cv.fit_temperature(logits[inside], cfg.targets(val_counts[inside]))
-    probs = as_distribution(logits, cfg, temperature)
-    raw = as_distribution(logits, cfg)
-    covered = val_counts < probs.shape[1]
-    calibration = Calibration(
-        temperature=temperature,
-        ece_before=expected_calibration_error(raw[covered], val_counts[covered]),
-        ece_after=expected_calibration_error(probs[covered], val_counts[covered]))
-    decision = choose_decision(probs[covered], val_counts[covered],
-                               target_false_alarm_rate=target_false_alarm_rate)
+    # Temperature, ECE and thresholds on the validation bins the classes cover.
+    calibration, decision = calibrate(
+        logits[inside], cfg.targets(val_counts[inside]), class_counts=cfg.class_counts(),
+        target=target_false_alarm_rate, decoding=cfg.decoding)
+    probs = as_distribution(logits, cfg, calibration.temperature)
     metrics = {f"val_{k}": v for k, v in
-               distribution_metrics(probs, val_counts, decoding=cfg.decoding).items()}
+               cv.distribution_metrics(probs, val_counts, decoding=cfg.decoding).items()}
     version = new_version("efficientnet_lite0")
     directory = export_counter(
         full, cfg, out or Path("artifacts/models") / version, version=version,
@@ -137,10 +132,12 @@ def counter_cmd(
         calibration=calibration, decision=decision, metrics=metrics,
         data_fingerprint=_fingerprint(loaded.ids, loaded.counts), code_version=code_version(),
         half=half)
-    console.print(f"counter {version} -> {directory}: val accuracy 1-5 "
-                  f"{metrics['val_accuracy_1_5']:.3f}, RMSE 1-5 {metrics['val_rmse_1_5']:.3f}, "
-                  f"AUROC {metrics['val_auroc_off_by_one_1_5']:.3f}, T={temperature:.2f}, "
-                  f"ECE {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}")
+    console.print(f"counter {version} -> {directory}: validation "
+                  f"accuracy 1-5 {metrics['val_accuracy_1_5']:.3f}, "
+                  f"RMSE 1-5 {metrics['val_rmse_1_5']:.3f}, "
+                  f"AUROC {metrics['val_auroc_off_by_one_1_5']:.3f}, "
+                  f"T={calibration.temperature:.2f}, ECE {calibration.ece_before} -> "
+                  f"{calibration.ece_after}; thresholds {decision.model_dump()}")
 
 
 def _with_epochs(cfg: TailConfig, epochs: int | None) -> TailConfig:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from core.model.artifact import save_artifact
 from core.model.card import Calibration, DecisionPolicy, ModelCard
 from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from core.scoring import p_of_count
 from trainer.tail import TailConfig
 
 RECIPES: dict[str, TailConfig] = {
@@ -38,33 +36,6 @@ DESCRIPTIONS = {
     "reference": "reference: frozen backbone, 5 classes (1-5), hflip, CE",
     "count": "binaudit: counts 0-10, head conv fine-tuned, soft labels, median",
 }
-
-
-def choose_decision(probs: np.ndarray, true_counts: np.ndarray, *,
-                    target_false_alarm_rate: float = 0.05) -> DecisionPolicy:
-    """Thresholds from validation distributions (counts 0..K-1) for correct manifests.
-
-    ``mismatch_min_score``: the smallest discrepancy score that flags at most the target share
-    of correct manifests; ``match_min_p``: the smallest P(manifest) that at most the same share
-    of manifests off by one item reach (so a ``match`` is rarely a missed discrepancy).
-    """
-    correct_scores = np.sort(1 - p_of_count(probs, true_counts))
-    wrong_p = np.concatenate([p_of_count(probs, true_counts + 1),
-                              p_of_count(probs[true_counts >= 1],
-                                         true_counts[true_counts >= 1] - 1)])
-    mismatch_min = float(np.quantile(correct_scores, 1 - target_false_alarm_rate)) + 1e-6
-    match_min = float(np.quantile(wrong_p, 1 - target_false_alarm_rate)) + 1e-6
-    flagged_correct = float((correct_scores >= mismatch_min).mean())
-    wrong_scores = 1 - wrong_p
-    return DecisionPolicy(
-        match_min_p=min(max(match_min, 0.0), 1.0),
-        mismatch_min_score=min(max(mismatch_min, 0.0), 1.0),
-        target_false_alarm_rate=target_false_alarm_rate,
-        measured={"false_alarm_rate": flagged_correct,
-                  "off_by_one_recall": float((wrong_scores >= mismatch_min).mean()),
-                  "false_match_rate": float((wrong_p >= match_min).mean()),
-                  "n_validation": float(len(true_counts))},
-        chosen_on="validation")
 
 
 def export_counter(full: nn.Module, cfg: TailConfig, out: Path, *, version: str,

@@ -173,9 +173,10 @@ def _progress_bar(config: FitConfig, info: d.DistInfo, epoch: int, total: int
                   ) -> tuple[Any, Callable[[int, float, float], None] | None]:
     if not (config.progress and info.is_main):
         return None, None
-    from tqdm import tqdm
+    from core.progress import progress
 
-    bar = tqdm(total=total, desc=f"epoch {epoch}/{config.epochs}", unit="img", leave=False)
+    bar = progress(total=total, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+                   leave=False)
 
     def update(n: int, loss: float, rate: float) -> None:
         bar.update(n * info.world_size)

@@ -85,11 +85,20 @@ def test_find_latest_artifact(tmp_path: Path) -> None:
     assert find_latest_artifact(tmp_path / "absent") is None
 
 
-def test_missing_b4_weights_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_b4_weights_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Not cached: torchvision is asked to download them (as for every user); when that
+    fails (offline: here a proxy that refuses, so the test never reaches the internet) the
+    message says where to put the file."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
     expected = tmp_path / "checkpoints" / "efficientnet_b4_rwightman-23ab8bcd.pth"
     with pytest.raises(ArtifactError, match=f"put it at {expected}"):
         build_model("efficientnet_b4", 5, weights="default")
+    assert "could not download efficientnet_b4_rwightman-23ab8bcd.pth" in caplog.text
     assert build_model("efficientnet_b4", 5, weights=None).classifier[1].out_features == 5
 
 

@@ -378,3 +378,53 @@ def test_serve_command_answers_in_flight_requests_on_sigterm_and_exits_0(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+# ---- the reference's own client ---------------------------------------------------------
+def test_boto3_sagemaker_runtime_invoke_endpoint_works_unchanged(
+        server_factory: ServerFactory, reference: tuple[BinCounter, Preprocessor],
+        bucket_factory: Callable[..., str], s3_client: Any, sample_dir: Path) -> None:
+    """The seed called ``predictor.predict(jpeg_bytes)``, i.e. InvokeEndpoint, which posts to
+    /endpoints/<name>/invocations: boto3's own client, pointed at the server, gets answers."""
+    import json
+
+    import boto3
+
+    bucket = bucket_factory("serve-sm")
+    st = server_factory(s3={"allowed_buckets": (bucket,)})
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=st.url, region_name="us-east-1",
+                           aws_access_key_id="placeholder", aws_secret_access_key="placeholder")
+    path, expected = samples(sample_dir)[0]
+    data = path.read_bytes()
+    for content_type in ("image/jpeg", "application/x-image"):
+        resp = runtime.invoke_endpoint(EndpointName="binaudit-counter", ContentType=content_type,
+                                       Accept="application/json", Body=data)
+        assert resp["ContentType"].startswith("application/json")
+        assert_same(json.loads(resp["Body"].read()), direct(reference, data))
+    s3_client.put_object(Bucket=bucket, Key="bin-images/sm.jpg", Body=data)
+    body = json.dumps({"image_uri": f"s3://{bucket}/bin-images/sm.jpg",
+                       "expected_quantity": expected})
+    resp = runtime.invoke_endpoint(EndpointName="binaudit-counter",
+                                   ContentType="application/json", Body=body)
+    got = json.loads(resp["Body"].read())
+    assert_same(got, direct(reference, data))
+    assert got["verdict"] in {"match", "mismatch", "uncertain", "unsupported"}
+    assert got["expected_quantity"] == expected
+    assert metric(st.metrics(), "binaudit_http_request_seconds_count",
+                  route="/endpoints/{endpoint}/invocations", method="POST", status="200") == 3
+
+
+def test_timed_out_requests_still_count_against_the_queue_during_an_s3_outage(
+        server_factory: ServerFactory, sample_dir: Path) -> None:
+    """S3 unreachable: a JSON request times out (504) but its fetch keeps retrying in the
+    pipeline and keeps its place in max_queue, so new requests get 503 at once instead of
+    piling more fetches up; and while S3 is known to fail, JSON requests get 503 too."""
+    st = server_factory(serve={"max_queue": 1, "request_timeout_s": 0.5, "shutdown_grace_s": 1},
+                        s3={"endpoint_url": f"http://127.0.0.1:{free_port()}", "max_attempts": 1,
+                            "allowed_buckets": ("somewhere",)})
+    event = b'{"image_uri": "s3://somewhere/a.jpg", "expected_quantity": 2}'
+    first = st.invoke(event, "application/json")
+    assert first.status_code == 504, first.text
+    image = st.invoke(jpeg(sample_dir))
+    assert image.status_code == 503 and image.json()["error"] == "overloaded", image.text
+    assert st.server._pipeline is not None and st.server._pipeline.in_flight == 1

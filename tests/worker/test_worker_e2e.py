@@ -173,9 +173,10 @@ def test_two_workers_one_killed_the_other_finishes_every_partition(
                      "group_id": worker_settings.kafka.group_id},
            "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
                       "max_batch_size": 4, "artificial_delay_s": 0.1,
-                      # longer than the session timeout, so the survivor is still there
-                      # when the group notices the victim is gone
-                      "exit_when_idle_s": 15.0}}
+                      # Short on purpose: idle means no committed lag on any partition of
+                      # the topic, so the survivor waits for the victim's partitions however
+                      # long the rebalance takes (it once exited at 134 of 350 rows).
+                      "exit_when_idle_s": 1.0}}
     survivor = worker_process_factory("survivor", **env)
     victim = worker_process_factory("victim", **env)
     wait_for(lambda: verdict_rows() >= 40, 120, "both workers writing")
