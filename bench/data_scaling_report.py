@@ -1,0 +1,169 @@
+"""``bench/results/data-scaling.{json,md}``: the tables and the two claims of bench.data_scaling."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+DATA_WAIT_TARGET = 0.10
+FLAT_RATIO = 1.10  # peak memory at 10x the images may be at most 10 % higher to count as flat
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def memory_claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (ranks, workers): smallest vs largest dataset, peak tree PSS / RSS sum, ratios."""
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if run["returncode"] == 0:
+            groups[(run["ranks"], run["workers"])].append(run)
+    claims = []
+    for (ranks, workers), group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        small, large = min(group, key=lambda r: r["images"]), max(group, key=lambda r: r["images"])
+        ms, ml = small["memory"], large["memory"]
+        pss = ml["peak_tree_pss_mib"] / ms["peak_tree_pss_mib"]
+        rss = ml["peak_tree_rss_sum_mib"] / ms["peak_tree_rss_sum_mib"]
+        claims.append({"ranks": ranks, "workers": workers, "small": small["images"],
+                       "large": large["images"],
+                       "pss_small_mib": ms["peak_tree_pss_mib"],
+                       "pss_large_mib": ml["peak_tree_pss_mib"], "pss_ratio": round(pss, 3),
+                       "rss_small_mib": ms["peak_tree_rss_sum_mib"],
+                       "rss_large_mib": ml["peak_tree_rss_sum_mib"], "rss_ratio": round(rss, 3),
+                       "flat": pss <= FLAT_RATIO})
+    return claims
+
+
+def data_wait_claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each finished run: is the data-wait share of the epoch under the target?"""
+    return [{"name": r["name"], "fraction": r["data_wait_fraction"],
+             "after_first_batch": r.get("data_wait_fraction_after_first_batch"),
+             "under_target": r["data_wait_fraction"] < DATA_WAIT_TARGET}
+            for r in runs if r["returncode"] == 0]
+
+
+def _machine_lines(results: dict[str, Any]) -> list[str]:
+    m = results["machine"]
+    return [
+        "## Machine", "",
+        f"- host `{m['host']}`, {m['cpu_model']}, {m['cores']} usable cores, "
+        f"{m['memory_gib']} GiB RAM, no GPU used (`--device cpu`)",
+        f"- torch {m['torch']}, torchvision {m['torchvision']}, Python {m['python']}, "
+        f"{m['torch_threads']} torch threads in the parent",
+        f"- started {m['date_utc']}; 1/5/15-min load average at start "
+        f"{m['load_average_at_start']}, at end {results['load_average_at_end']}",
+        "- **The CPU was shared**: other engineers' jobs (tests, training, benchmarks) ran on "
+        "the same 2 cores during these runs (see each run's load average). Times and rates are "
+        "therefore pessimistic and noisy; memory peaks are not affected by load.", "",
+    ]
+
+
+def _scaling_table(runs: list[dict[str, Any]]) -> list[str]:
+    head = ("| run | images (train/val/test) | workers | epoch s | wall s | train img/s | "
+            "data wait | after 1st batch | 1st batch s | peak tree PSS MiB | peak RSS sum MiB "
+            "| peak parent RSS MiB | processes | load avg before → after |")
+    lines = [head, "|" + "---|" * 14]
+    for r in runs:
+        s, m = r["splits"], r["memory"]
+        lines.append(
+            f"| {r['name']} | {s['train']:,}/{s['val']:,}/{s['test']:,} | "
+            f"{r['ranks']}×{r['workers']} | {_f(r.get('epoch_seconds'))} | {_f(r['wall_s'])} | "
+            f"{_f(r.get('train_images_per_s'))} | {_pct(r.get('data_wait_fraction'))} | "
+            f"{_pct(r.get('data_wait_fraction_after_first_batch'))} | "
+            f"{_f(r.get('first_batch_wait_s'))} | {_f(m['peak_tree_pss_mib'])} | "
+            f"{_f(m['peak_tree_rss_sum_mib'])} | {_f(m['peak_parent_rss_mib'])} | "
+            f"{m['max_processes']} | {r['load_average_before'][0]} → "
+            f"{r['load_average_after'][0]} |")
+    return lines
+
+
+def _claim_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Claims", ""]
+    for c in memory_claims(runs):
+        verdict = "flat" if c["flat"] else "GROWS"
+        lines.append(
+            f"- **Peak memory vs dataset size ({c['ranks']} rank(s) × {c['workers']} "
+            f"workers): {verdict}.** "
+            f"{c['small']:,} images: tree PSS {c['pss_small_mib']:,.0f} MiB (RSS sum "
+            f"{c['rss_small_mib']:,.0f}); {c['large']:,} images: {c['pss_large_mib']:,.0f} MiB "
+            f"(RSS sum {c['rss_large_mib']:,.0f}); ratio {c['pss_ratio']:.3f} PSS, "
+            f"{c['rss_ratio']:.3f} RSS sum (flat = ≤ {FLAT_RATIO}).")
+    for c in data_wait_claims(runs):
+        mark = "under" if c["under_target"] else "**over**"
+        lines.append(f"- {c['name']}: data wait {_pct(c['fraction'])} of the epoch "
+                     f"({_pct(c['after_first_batch'])} after the first batch), {mark} the "
+                     f"{DATA_WAIT_TARGET:.0%} target.")
+    return lines + [""]
+
+
+def _torchrun_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for r in (r for r in runs if r["kind"] == "torchrun"):
+        t, b = r.get("test", {}), r.get("baseline_majority", {})
+        lines += [
+            f"## 2-rank torchrun over the extra set ({r['images']:,} images)", "",
+            f"    {r['command']}", "",
+            f"- exit code {r['returncode']}, wall time {r['wall_s']:,.0f} s (whole command: "
+            f"start-up, one epoch, validation, test, artifact), epoch {_f(r.get('epoch_seconds'))}"
+            f" s, {_f(r.get('train_images_per_s'))} train img/s per rank "
+            f"(≈ {2 * r.get('train_images_per_s', 0):.1f} img/s both ranks)",
+            f"- data wait {_pct(r.get('data_wait_fraction'))} of the epoch; peak tree PSS "
+            f"{_f(r['memory']['peak_tree_pss_mib'])} MiB over {r['memory']['max_processes']} "
+            "processes (torchrun agent, 2 ranks, their DataLoader workers)",
+            f"- final metrics: best val loss {_f(r.get('best_val_loss'), 4)}; test (n = "
+            f"{t.get('n', '–')}): accuracy {_f(t.get('accuracy'), 3)}, RMSE "
+            f"{_f(t.get('rmse'), 3)}, off-by-one {_f(t.get('off_by_one_accuracy'), 3)}; "
+            f"majority baseline accuracy {_f(b.get('accuracy'), 3)}, RMSE "
+            f"{_f(b.get('rmse'), 3)}", "",
+        ]
+        if r["returncode"] != 0:
+            lines += ["```", r.get("log_tail", ""), "```", ""]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results page: claims first, then the runs, the torchrun run and the machine."""
+    runs = results["runs"]
+    s = results["settings"]
+    lines = [
+        "# Trainer data loading: memory and data wait vs dataset size", "",
+        f"One epoch of `binaudit train fit` (frozen EfficientNet-Lite0 at {s['image_size']}, "
+        f"batch {s['batch_size']}, classes {s['classes']}, CPU) on nested seeded subsets of "
+        f"the extra set ({results['labelled_images']:,} labelled images with a count in "
+        f"{s['classes']} in `{results['source']}`), val/test {s['val_fraction']:.0%}/"
+        f"{s['test_fraction']:.0%}. Memory is summed over the whole process tree (parent + "
+        "DataLoader workers, sampled from /proc every 0.25 s): PSS counts pages shared between "
+        "the parent and its forked workers once; the RSS sum counts them once per process.", "",
+        *_claim_lines(runs), "## Runs", "", *_scaling_table(runs), "",
+        "Data wait = time the training loop waited for the next batch / epoch time (from "
+        "`history.json`); the first batch also waits for the workers to start.", "",
+        *_torchrun_lines(runs), *_machine_lines(results),
+        "## Reproduce", "", "    python -m bench.data_scaling --torchrun   # or: make "
+        "bench-data-scaling", "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out: Path) -> list[Path]:
+    """``data-scaling.json`` (raw + claims) and ``data-scaling.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = results["runs"]
+    results = results | {"claims": {"memory": memory_claims(runs),
+                                    "data_wait": data_wait_claims(runs)}}
+    paths = [out / "data-scaling.json", out / "data-scaling.md"]
+    paths[0].write_text(json.dumps(results, indent=1, default=str) + "\n")
+    paths[1].write_text(markdown(results))
+    return paths
