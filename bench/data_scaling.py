@@ -127,6 +127,12 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
+def training_processes(spec: RunSpec) -> int:
+    """Processes while the training loop runs: each rank and its train-loader workers, plus
+    torchrun's agent."""
+    return spec.ranks * (1 + spec.workers) + (1 if spec.ranks > 1 else 0)
+
+
 def run_measured(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
     """Run one fit child under the tree sampler; its numbers, peaks and command."""
     cmd = fit_command(spec, args)
@@ -138,7 +144,8 @@ def run_measured(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
     with log_path.open("w") as log_fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=log_fh,
                                 stderr=subprocess.STDOUT)
-        with TreeSampler(proc.pid, spec.name, report_s=args.report_s) as sampler:
+        with TreeSampler(proc.pid, spec.name, report_s=args.report_s,
+                         train_processes=training_processes(spec)) as sampler:
             try:
                 rc = proc.wait(timeout=args.timeout_s)
             except subprocess.TimeoutExpired:

@@ -47,6 +47,18 @@ def memory_claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return claims
 
 
+def window_claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each finished run: peak tree PSS in the first vs the last third of its training loop."""
+    out = []
+    for r in runs:
+        window = r["memory"].get("training_window")
+        if r["returncode"] == 0 and window:
+            ratio = window["last_over_first"]
+            out.append({"name": r["name"], **window,
+                        "flat": ratio is not None and ratio <= FLAT_RATIO})
+    return out
+
+
 def data_wait_claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each finished run: is the data-wait share of the epoch under the target?"""
     return [{"name": r["name"], "fraction": r["data_wait_fraction"],
@@ -101,6 +113,13 @@ def _claim_lines(runs: list[dict[str, Any]]) -> list[str]:
             f"{c['rss_small_mib']:,.0f}); {c['large']:,} images: {c['pss_large_mib']:,.0f} MiB "
             f"(RSS sum {c['rss_large_mib']:,.0f}); ratio {c['pss_ratio']:.3f} PSS, "
             f"{c['rss_ratio']:.3f} RSS sum (flat = ≤ {FLAT_RATIO}).")
+    for w in window_claims(runs):
+        verdict = "flat" if w["flat"] else "GROWS"
+        lines.append(
+            f"- {w['name']}, within the epoch: {verdict}. Peak tree PSS "
+            f"{w['peak_pss_first_third_mib']:,.0f} MiB in the first third of the training loop,"
+            f" {w['peak_pss_last_third_mib']:,.0f} MiB in the last third (×"
+            f"{w['last_over_first']}; {w['seconds']:,.0f} s, {w['samples']} samples).")
     for c in data_wait_claims(runs):
         mark = "under" if c["under_target"] else "**over**"
         lines.append(f"- {c['name']}: data wait {_pct(c['fraction'])} of the epoch "
@@ -162,6 +181,7 @@ def write_results(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     runs = results["runs"]
     results = results | {"claims": {"memory": memory_claims(runs),
+                                    "within_epoch": window_claims(runs),
                                     "data_wait": data_wait_claims(runs)}}
     paths = [out / "data-scaling.json", out / "data-scaling.md"]
     paths[0].write_text(json.dumps(results, indent=1, default=str) + "\n")

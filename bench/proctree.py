@@ -102,6 +102,12 @@ class TreeSampler:
     peak_root_rss_mib: float = 0.0
     max_processes: int = 0
     on_report: Callable[[TreeSample], str] | None = None
+    # Processes while the training loop runs (parent + train-loader workers, per rank, + the
+    # torchrun agent): the samples with this count before any more processes appear (the
+    # val/test loaders' workers) are the training window.
+    train_processes: int | None = None
+    _window: list[tuple[float, float]] = field(default_factory=list)
+    _window_closed: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -140,6 +146,25 @@ class TreeSampler:
         self.peak_rss_mib = max(self.peak_rss_mib, sample.rss_mib)
         self.peak_root_rss_mib = max(self.peak_root_rss_mib, sample.root_rss_mib)
         self.max_processes = max(self.max_processes, sample.processes)
+        if self.train_processes is None or self._window_closed:
+            return
+        if sample.processes == self.train_processes:
+            self._window.append((sample.t, sample.pss_mib))
+        elif sample.processes > self.train_processes and self._window:
+            self._window_closed = True
+
+    def training_window(self) -> dict[str, Any] | None:
+        """Peak tree PSS in the first and the last third of the training loop: a cache of
+        decoded images would grow from one to the other (the loop sees 3x the images)."""
+        if len(self._window) < 6:
+            return None
+        start, end = self._window[0][0], self._window[-1][0]
+        third = (end - start) / 3
+        first = max(p for t, p in self._window if t <= start + third)
+        last = max(p for t, p in self._window if t >= end - third)
+        return {"seconds": round(end - start, 1), "samples": len(self._window),
+                "peak_pss_first_third_mib": first, "peak_pss_last_third_mib": last,
+                "last_over_first": round(last / first, 3) if first else None}
 
     def as_dict(self) -> dict[str, Any]:
         """Peaks and the kept timeline (one sample every ``keep_every_s``)."""
@@ -150,6 +175,7 @@ class TreeSampler:
             "peak_tree_rss_sum_mib": self.peak_rss_mib,
             "peak_parent_rss_mib": self.peak_root_rss_mib,
             "max_processes": self.max_processes,
+            "training_window": self.training_window(),
             "sample_interval_s": self.interval_s,
             "timeline": [vars(s) for s in self.timeline],
         }
