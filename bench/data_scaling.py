@@ -155,6 +155,7 @@ def run_measured(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
     log.info("%s: exit %d after %.0f s", spec.name, rc, wall)
     result = {"name": spec.name, "command": " ".join(cmd), "returncode": rc,
               "wall_s": round(wall, 1), "ranks": spec.ranks, "workers": spec.workers,
+              "image_size": args.image_size,
               "batch_size": spec.batch_size, "load_average_before": load_before,
               "load_average_after": load_average(), "memory": sampler.as_dict(),
               "splits": split_sizes(spec.manifest)}
@@ -201,6 +202,7 @@ def scaling_runs(source: Path, rows: list[dict[str, str]], work: Path,
         prepare(source, labels, manifest, args)
         for workers in args.workers:
             name = f"n{n}-w{workers}" if args.ranks == 1 else f"n{n}-{args.ranks}x{workers}"
+            name += "" if args.image_size == 224 else f"-{args.image_size}px"
             spec = RunSpec(name, manifest, work / f"run-{name}", workers, args.batch_size,
                            ranks=args.ranks)
             results.append(run_measured(spec, args) | {"images": n, "kind": "scaling"})
@@ -212,7 +214,8 @@ def torchrun_run(source: Path, work: Path, args: argparse.Namespace) -> dict[str
     manifest = work / "all" / "manifest.json"
     prepare(source, None, manifest, args)
     n = sum(split_sizes(manifest).values())
-    spec = RunSpec(f"torchrun-2x-n{n}", manifest, work / "run-torchrun", args.torchrun_workers,
+    name = f"torchrun-2x-n{n}" + ("" if args.image_size == 224 else f"-{args.image_size}px")
+    spec = RunSpec(name, manifest, work / "run-torchrun", args.torchrun_workers,
                    args.batch_size, ranks=2)
     return run_measured(spec, args) | {"images": n, "kind": "torchrun"}
 

@@ -25,20 +25,20 @@ def _pct(x: float | None) -> str:
 
 def memory_claims(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (ranks, workers): smallest vs largest dataset, peak tree PSS / RSS sum, ratios."""
-    groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[int, int, int], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if run["returncode"] == 0:
-            groups[(run["ranks"], run["workers"])].append(run)
+            groups[(run["ranks"], run["workers"], run.get("image_size", 224))].append(run)
     claims = []
-    for (ranks, workers), group in sorted(groups.items()):
+    for (ranks, workers, size), group in sorted(groups.items()):
         if len(group) < 2:
             continue
         small, large = min(group, key=lambda r: r["images"]), max(group, key=lambda r: r["images"])
         ms, ml = small["memory"], large["memory"]
         pss = ml["peak_tree_pss_mib"] / ms["peak_tree_pss_mib"]
         rss = ml["peak_tree_rss_sum_mib"] / ms["peak_tree_rss_sum_mib"]
-        claims.append({"ranks": ranks, "workers": workers, "small": small["images"],
-                       "large": large["images"],
+        claims.append({"ranks": ranks, "workers": workers, "image_size": size,
+                       "small": small["images"], "large": large["images"],
                        "pss_small_mib": ms["peak_tree_pss_mib"],
                        "pss_large_mib": ml["peak_tree_pss_mib"], "pss_ratio": round(pss, 3),
                        "rss_small_mib": ms["peak_tree_rss_sum_mib"],
@@ -84,14 +84,15 @@ def _machine_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _scaling_table(runs: list[dict[str, Any]]) -> list[str]:
-    head = ("| run | images (train/val/test) | workers | epoch s | wall s | train img/s | "
-            "data wait | after 1st batch | 1st batch s | peak tree PSS MiB | peak RSS sum MiB "
-            "| peak parent RSS MiB | processes | load avg before → after |")
-    lines = [head, "|" + "---|" * 14]
+    head = ("| run | images (train/val/test) | px | ranks×workers | epoch s | wall s | "
+            "train img/s | data wait | after 1st batch | 1st batch s | peak tree PSS MiB | "
+            "peak RSS sum MiB | peak parent RSS MiB | processes | load avg before → after |")
+    lines = [head, "|" + "---|" * 15]
     for r in runs:
         s, m = r["splits"], r["memory"]
         lines.append(
             f"| {r['name']} | {s['train']:,}/{s['val']:,}/{s['test']:,} | "
+            f"{r.get('image_size', 224)} | "
             f"{r['ranks']}×{r['workers']} | {_f(r.get('epoch_seconds'))} | {_f(r['wall_s'])} | "
             f"{_f(r.get('train_images_per_s'))} | {_pct(r.get('data_wait_fraction'))} | "
             f"{_pct(r.get('data_wait_fraction_after_first_batch'))} | "
@@ -108,7 +109,7 @@ def _claim_lines(runs: list[dict[str, Any]]) -> list[str]:
         verdict = "flat" if c["flat"] else "GROWS"
         lines.append(
             f"- **Peak memory vs dataset size ({c['ranks']} rank(s) × {c['workers']} "
-            f"workers): {verdict}.** "
+            f"workers, {c['image_size']} px): {verdict}.** "
             f"{c['small']:,} images: tree PSS {c['pss_small_mib']:,.0f} MiB (RSS sum "
             f"{c['rss_small_mib']:,.0f}); {c['large']:,} images: {c['pss_large_mib']:,.0f} MiB "
             f"(RSS sum {c['rss_large_mib']:,.0f}); ratio {c['pss_ratio']:.3f} PSS, "
@@ -159,7 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     lines = [
         "# Trainer data loading: memory and data wait vs dataset size", "",
-        f"One epoch of `binaudit train fit` (frozen EfficientNet-Lite0 at {s['image_size']}, "
+        "One epoch of `binaudit train fit` (frozen EfficientNet-Lite0 at the run's px, "
         f"batch {s['batch_size']}, classes {s['classes']}, CPU) on nested seeded subsets of "
         f"the extra set ({results['labelled_images']:,} labelled images with a count in "
         f"{s['classes']} in `{results['source']}`), val/test {s['val_fraction']:.0%}/"
