@@ -215,7 +215,7 @@ def torchrun_run(source: Path, work: Path, args: argparse.Namespace) -> dict[str
     prepare(source, None, manifest, args)
     n = sum(split_sizes(manifest).values())
     name = f"torchrun-2x-n{n}" + ("" if args.image_size == 224 else f"-{args.image_size}px")
-    spec = RunSpec(name, manifest, work / "run-torchrun", args.torchrun_workers,
+    spec = RunSpec(name, manifest, work / f"run-{name}", args.torchrun_workers,
                    args.batch_size, ranks=2)
     return run_measured(spec, args) | {"images": n, "kind": "torchrun"}
 

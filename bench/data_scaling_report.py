@@ -138,8 +138,7 @@ def _torchrun_lines(runs: list[dict[str, Any]]) -> list[str]:
             f"    {r['command']}", "",
             f"- exit code {r['returncode']}, wall time {r['wall_s']:,.0f} s (whole command: "
             f"start-up, one epoch, validation, test, artifact), epoch {_f(r.get('epoch_seconds'))}"
-            f" s, {_f(r.get('train_images_per_s'))} train img/s per rank "
-            f"(≈ {2 * r.get('train_images_per_s', 0):.1f} img/s both ranks)",
+            f" s, {_f(r.get('train_images_per_s'))} train img/s (both ranks together)",
             f"- data wait {_pct(r.get('data_wait_fraction'))} of the epoch; peak tree PSS "
             f"{_f(r['memory']['peak_tree_pss_mib'])} MiB over {r['memory']['max_processes']} "
             "processes (torchrun agent, 2 ranks, their DataLoader workers)",

@@ -156,6 +156,7 @@ def _epoch_record(epoch: int, train: dict[str, float], val: dict[str, float], lr
         "train_accuracy": train["correct"] / max(train["n"], 1),
         "val_loss": val["loss_sum"] / max(val["n"], 1),
         "val_accuracy": val["correct"] / max(val["n"], 1),
+        # All ranks together (``train`` is all-reduced); times and data wait are rank 0's.
         "train_images_per_s": train["n"] / seconds if seconds else 0.0,
     }
 
@@ -299,7 +300,7 @@ def _fit(config: FitConfig, info: d.DistInfo, device: torch.device,
             state.bad_epochs += 1
         log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.1f img/s",
                  epoch, record["train_loss"], record["train_accuracy"], record["val_loss"],
-                 record["val_accuracy"], record["train_images_per_s"] * info.world_size)
+                 record["val_accuracy"], record["train_images_per_s"])  # all ranks already
         if info.is_main and config.save_checkpoints:
             _checkpoint(config, epoch, model, optimizer, scheduler, state)
         if config.debug_rank_metrics:
