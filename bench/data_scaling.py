@@ -246,6 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-s", type=float, default=30.0, help="progress line interval")
     p.add_argument("--append", action="store_true",
                    help="keep the runs of an existing results file (same names replaced)")
+    p.add_argument("--rewrite-report", action="store_true",
+                   help="only rewrite <out>/data-scaling.md from its .json (no runs)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
     args = p.parse_args(argv)
@@ -257,6 +259,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.rewrite_report:
+        results = json.loads((args.out / "data-scaling.json").read_text())
+        for path in write_results(results, args.out):
+            log.info("wrote %s", path)
+        return
     source = args.source_dir or default_source()
     if source is None:
         sys.exit("no extra set found: pass --source-dir (a folder with labels.csv + images/)")

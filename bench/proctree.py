@@ -163,6 +163,7 @@ class TreeSampler:
         first = max(p for t, p in self._window if t <= start + third)
         last = max(p for t, p in self._window if t >= end - third)
         return {"seconds": round(end - start, 1), "samples": len(self._window),
+                "peak_pss_mib": max(p for _, p in self._window),
                 "peak_pss_first_third_mib": first, "peak_pss_last_third_mib": last,
                 "last_over_first": round(last / first, 3) if first else None}
 
