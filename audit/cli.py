@@ -187,8 +187,93 @@ def summary(
         render(load_summary(engine, topic, model_version), console)
 
 
+console_app = typer.Typer(invoke_without_command=True,
+                          help="The auditors' web console (`binaudit console` serves it).")
+user_app = typer.Typer(no_args_is_help=True, help="Console accounts.")
+console_app.add_typer(user_app, name="user")
+
+
+class ConsoleRole(StrEnum):
+    viewer = "viewer"
+    reviewer = "reviewer"
+
+
+@console_app.callback()
+def console_command(
+    ctx: typer.Context,
+    host: Annotated[str | None, Opt(help="Bind address (default: console.host).")] = None,
+    port: Annotated[int | None, Opt(help="Port (default: console.port).")] = None,
+) -> None:
+    """Serve the console (review queue, bin pages, overview, export) until interrupted."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from audit.console.app import ConsoleConfigError, create_app
+
+    settings = settings_of(ctx)
+    try:
+        app = create_app(settings)
+    except ConsoleConfigError as exc:
+        raise _fail(str(exc)) from exc
+    cfg = settings.console
+    uvicorn.run(app, host=host or cfg.host, port=port if port is not None else cfg.port,
+                log_config=None, proxy_headers=False, server_header=False)
+
+
+@user_app.command("add")
+def user_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Account name (shown as the reviewer).")],
+    role: Annotated[ConsoleRole, Opt(help="viewer | reviewer")] = ConsoleRole.viewer,
+    password: Annotated[str | None, Opt(
+        help="Default: asked for. Use --sso-only for accounts that sign in only through the "
+             "trusted SSO header.", envvar="BINAUDIT_CONSOLE_PASSWORD")] = None,
+    sso_only: Annotated[bool, Opt(help="No password (SSO header sign-in only).")] = False,
+) -> None:
+    """Create an account, or change its role and password (argon2id hash)."""
+    from audit.console.accounts import AccountError, upsert_account
+
+    if password is None and not sso_only:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        with open_engine(settings_of(ctx).db) as engine, engine.begin() as conn:
+            account = upsert_account(conn, name=name, role=role.value,
+                                     password=None if sso_only else password)
+    except AccountError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"console account {account.name}: {account.role}")
+
+
+@user_app.command("disable")
+def user_disable(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+    """Disable an account (its sessions stop working at the next request)."""
+    from audit.console.accounts import disable_account
+
+    with open_engine(settings_of(ctx).db) as engine, engine.begin() as conn:
+        found = disable_account(conn, name)
+    if not found:
+        raise _fail(f"no console account {name!r}")
+    typer.echo(f"console account {name}: disabled")
+
+
+@console_app.command("db-login")
+def db_login(ctx: typer.Context) -> None:
+    """Give the console's database login role the password BINAUDIT_CONSOLE__DB_PASSWORD."""
+    from audit.console.database import set_login_password
+
+    settings = settings_of(ctx)
+    try:
+        with open_engine(settings.db) as engine, engine.begin() as conn:
+            set_login_password(conn, settings)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"password set for database role {settings.console.db_user}")
+
+
 def register(app: typer.Typer) -> None:
     """Mount the audit room's commands on the root app."""
     app.command("summary")(summary)
     app.command("mismatches")(mismatches_command)
     app.add_typer(review_app, name="review")
+    app.add_typer(console_app, name="console")

@@ -128,7 +128,9 @@ class DatabaseSettings(BaseModel):
 class WorkerSettings(BaseModel):
     model_config = _FROZEN
 
-    model_path: Path = Path("artifacts/models/current")
+    # The counter shipped in the repository (trainer/RESULTS.md); `train quickstart` and
+    # `train counter` write elsewhere (artifacts/models/...).
+    model_path: Path = Path("models/counter")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: int = Field(50, ge=1)
@@ -169,6 +171,55 @@ class ServeSettings(BaseModel):
     shutdown_grace_s: float = Field(20.0, ge=0)
 
 
+PLACEHOLDER_SESSION_SECRET = "dev-only-insecure-console-session-secret"
+
+
+class ConsoleSettings(BaseModel):
+    """``binaudit console``: the auditors' web application (README, Auditor console)."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    # Signs the session cookie. The placeholder is refused outside development/test.
+    session_secret: SecretStr = SecretStr(PLACEHOLDER_SESSION_SECRET)
+    session_max_age_s: int = Field(8 * 3600, ge=60)
+    # Secure cookies (HTTPS only): turn on behind TLS.
+    secure_cookies: bool = False
+    # The console's own database login (migration 0004); it may only SET ROLE to the auditor
+    # and reviewer roles. Host, port and database come from db.url.
+    db_user: str = "binaudit_console"
+    db_password: SecretStr | None = None
+    db_pool_size: int = Field(5, ge=1)
+    # SSO: a reverse proxy that authenticates people sets this header to the account name;
+    # trusted only from these peer addresses. None: password sign-in only.
+    trusted_user_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    page_size: int = Field(50, ge=1, le=500)
+    # Full images: "proxy" (the console fetches and serves them; browsers need no S3 access)
+    # or "presigned" (a redirect to a presigned S3 URL valid presigned_url_ttl_s; browsers
+    # must reach S3). Thumbnails are always made and served by the console.
+    image_delivery: Literal["proxy", "presigned"] = "proxy"
+    presigned_url_ttl_s: int = Field(300, ge=30, le=3600)
+    # Browsers may cache proxied images this long.
+    image_max_age_s: int = Field(300, ge=0)
+    image_cache_mb: int = Field(64, ge=0)
+    thumbnail_px: int = Field(160, ge=32, le=1024)
+    # Overview aggregates are recomputed at most this often.
+    overview_cache_s: float = Field(60.0, ge=0)
+
+    def secret_problem(self, environment: str) -> str | None:
+        """Why this session secret must not be used in ``environment`` (None: fine)."""
+        if environment in ("development", "test"):
+            return None
+        secret = self.session_secret.get_secret_value()
+        if secret == PLACEHOLDER_SESSION_SECRET:
+            return "BINAUDIT_CONSOLE__SESSION_SECRET is the development placeholder"
+        if len(secret) < 32:
+            return "BINAUDIT_CONSOLE__SESSION_SECRET must be at least 32 characters"
+        return None
+
+
 class ServicesSettings(BaseModel):
     """Ports and folders of the local Kafka/Postgres/S3 run by ``binaudit services``."""
 
@@ -202,4 +253,5 @@ class Settings(BaseSettings):
     db: DatabaseSettings = DatabaseSettings()
     worker: WorkerSettings = WorkerSettings()
     serve: ServeSettings = ServeSettings()
+    console: ConsoleSettings = ConsoleSettings()
     services: ServicesSettings = ServicesSettings()

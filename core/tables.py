@@ -170,3 +170,23 @@ backtest_results = Table(
         name="ck_backtest_results_status",
     ),
 )
+
+# ---- auditor console (migration 0004) --------------------------------------------------------
+CONSOLE_USER_ROLES = ("viewer", "reviewer")
+# Database roles the console's login role becomes per request (SET LOCAL ROLE), by user role.
+CONSOLE_DB_ROLES = {"viewer": "binaudit_auditor", "reviewer": "binaudit_reviewer"}
+CONSOLE_LOGIN_ROLE = "binaudit_console"
+
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    # argon2id; NULL for accounts that sign in only through the SSO proxy header.
+    Column("password_hash", Text, nullable=True),
+    Column("role", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default="false"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("name", name="uq_console_users_name"),
+    CheckConstraint("role IN ('viewer','reviewer')", name="ck_console_users_role"),
+)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the local services need: Java 17 (Kafka), Maven (resolves the Kafka jars),
-# PostgreSQL 15 server binaries. Installs only what is missing; no-op on a prepared machine.
+# PostgreSQL 15 server binaries, Chromium + chromedriver (the console's browser tests).
+# Installs only what is missing; no-op on a prepared machine.
 set -euo pipefail
 missing=()
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
@@ -9,6 +10,8 @@ if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then
 fi
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
