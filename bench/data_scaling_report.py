@@ -193,13 +193,18 @@ def _claim_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def _torchrun_lines(runs: list[dict[str, Any]]) -> list[str]:
+def _torchrun_lines(results: dict[str, Any]) -> list[str]:
+    runs, st = results["runs"], results["settings"]
+    prepare = (f"binaudit train prepare --source-dir {results['source']} --classes "
+               f"{st['classes']} --seed {st['seed']} --val-fraction {st['val_fraction']} "
+               f"--test-fraction {st['test_fraction']} --out <manifest>")
     lines: list[str] = []
     for r in (r for r in runs if r["kind"] == "torchrun"):
         t, b = r.get("test", {}), r.get("baseline_majority", {})
         lines += [
-            f"## 2-rank torchrun over the extra set ({r['images']:,} images)", "",
-            f"    {r['command']}", "",
+            f"## 2-rank torchrun over the extra set ({r['images']:,} images, "
+            f"{r.get('image_size', 224)} px)", "",
+            f"    {prepare}", f"    {r['command']}", "",
             f"- exit code {r['returncode']}, wall time {r['wall_s']:,.0f} s (whole command: "
             f"start-up, one epoch, validation, test, artifact), epoch {_f(r.get('epoch_seconds'))}"
             f" s, {_f(r.get('train_images_per_s'))} train img/s (both ranks together)",
@@ -233,9 +238,14 @@ def markdown(results: dict[str, Any]) -> str:
         *_claim_lines(runs), "## Runs", "", *_scaling_table(runs), "",
         "Data wait = time the training loop waited for the next batch / epoch time (from "
         "`history.json`); the first batch also waits for the workers to start.", "",
-        *_torchrun_lines(runs), *_machine_lines(results),
-        "## Reproduce", "", "    python -m bench.data_scaling --torchrun   # or: make "
-        "bench-data-scaling", "",
+        *_torchrun_lines(results), *_machine_lines(results),
+        "## Reproduce", "",
+        "    python -m bench.data_scaling --torchrun       # = make bench-data-scaling: 1,000 "
+        "and 10,000 images, 1 process x 2 workers, + the 2-rank torchrun (224 px)",
+        "    python -m bench.data_scaling --sizes 1000 --ranks 2 --workers 1 --append",
+        "    python -m bench.data_scaling --sizes 1000 --ranks 2 --workers 1 --torchrun "
+        "--image-size 160 --append", "",
+        "Each run's exact `train fit` command is in the JSON (`runs[].command`).", "",
     ]
     return "\n".join(lines) + "\n"
 
