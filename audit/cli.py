@@ -25,16 +25,18 @@ from audit.queries import (
     list_mismatches,
     record_review,
 )
-from audit.summary import load_summary, render
+from audit.summary import load_summary, render, write_quality
 from core.cliutil import console, settings_of
 from core.db import open_engine
 from core.timewindow import parse_time
+from core.truth import read_truth
 
 Opt = typer.Option
 # view column -> short header (the table is for people; csv/json carry every column)
 TABLE_COLUMNS = {"discrepancy_id": "id", "captured_at": "captured (UTC)", "bin_id": "bin",
                  "station_id": "station", "expected_quantity": "exp",
-                 "predicted_quantity": "pred", "confidence": "conf", "model_version": "model",
+                 "predicted_quantity": "pred", "discrepancy_score": "score",
+                 "confidence": "conf", "model_version": "model",
                  "review_state": "review", "reviewer": "reviewer"}
 
 
@@ -109,24 +111,28 @@ def mismatches_command(
     status: Annotated[str | None, Opt(help="Verdict status.")] = None,
     min_confidence: Annotated[float | None, Opt(help="confidence >= this.")] = None,
     max_confidence: Annotated[float | None, Opt(help="confidence <= this.")] = None,
+    min_score: Annotated[float | None, Opt(help="discrepancy_score >= this (0..1).")] = None,
     model_version: Annotated[str | None, Opt(help="Model version that judged.")] = None,
     review_state: Annotated[str | None, Opt(help="open | confirmed | dismissed")] = None,
     output: Annotated[OutputFormat, Opt("--format", help="table | csv | json")
                       ] = OutputFormat.table,
     limit: Annotated[int, Opt(help="Rows per page.")] = 50,
     page: Annotated[int, Opt(help="Page number (from 1).")] = 1,
-    after_id: Annotated[int | None, Opt(help="Keyset: rows after this discrepancy id.")
-                        ] = None,
+    after_id: Annotated[int | None, Opt(help="Keyset: rows after this discrepancy id (in "
+                                             "the chosen order).")] = None,
+    order: Annotated[str, Opt(help="score (highest discrepancy score first) | id")
+                     ] = "score",
 ) -> None:
-    """List mismatches (through the auditors' `mismatches` view), oldest id first."""
+    """List mismatches (through the auditors' `mismatches` view), highest discrepancy score
+    first: the score is the calibrated probability that the manifest's count is wrong."""
     settings = settings_of(ctx)
     try:
         filters = MismatchFilter(
             since=parse_time(since) if since else None,
             until=parse_time(until) if until else None, bin_id=bin_id, station_id=station,
             status=status, min_confidence=min_confidence, max_confidence=max_confidence,
-            model_version=model_version, review_state=review_state)
-        paging = PageRequest(limit=limit, page=page, after_id=after_id)
+            min_score=min_score, model_version=model_version, review_state=review_state)
+        paging = PageRequest(limit=limit, page=page, after_id=after_id, order=order)
         filters.clauses()  # validates the vocabularies before connecting
     except (AuditError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -181,10 +187,23 @@ def summary(
     ctx: typer.Context,
     topic: Annotated[str, typer.Option(help="Topic whose verdicts to summarise")],
     model_version: Annotated[str | None, typer.Option(help="Only this model version")] = None,
+    truth: Annotated[Path | None, Opt(help="Truth CSV from `publish --wrong-manifest-rate`: "
+                                           "add the audit quality against it.")] = None,
+    report: Annotated[Path | None, Opt(help="With --truth: write the audit quality JSON here "
+                                            "(+ a precision-recall PNG next to it).")] = None,
 ) -> None:
-    """Summarise verdicts for a topic: statuses, accuracy and RMSE, first mismatches."""
+    """Summarise verdicts for a topic: statuses, accuracy and RMSE, top mismatches, and with
+    --truth the audit quality (false alarms, recall, precision, AUROC, review budgets)."""
+    try:
+        known = read_truth(truth) if truth is not None else None
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
     with open_engine(settings_of(ctx).db) as engine:
-        render(load_summary(engine, topic, model_version), console)
+        result = load_summary(engine, topic, model_version, truth=known)
+    render(result, console)
+    if report is not None and result.quality is not None:
+        paths = write_quality(result, report, topic)
+        console.print("audit quality: " + ", ".join(str(p) for p in paths))
 
 
 console_app = typer.Typer(invoke_without_command=True,

@@ -21,7 +21,18 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, column, select, table, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    column,
+    func,
+    or_,
+    select,
+    table,
+    update,
+)
 
 from core.settings import Settings
 from core.tables import REVIEW_STATES, discrepancies
@@ -33,11 +44,12 @@ log = logging.getLogger(__name__)
 
 MISMATCH_COLUMNS = (
     "discrepancy_id", "event_id", "bin_id", "captured_at", "station_id", "robot_id",
-    "expected_quantity", "predicted_quantity", "confidence", "model_version", "status",
+    "expected_quantity", "predicted_quantity", "confidence", "p_expected", "discrepancy_score",
+    "model_version", "status",
     "review_state", "reviewer", "reviewed_at", "reviewed_quantity", "note", "image_uri",
     "created_at",
 )
-# The view (created by migration 0002, not part of the tables' MetaData).
+# The view (created by migration 0002, scores added by 0003; not part of the tables' MetaData).
 mismatches_view = table("mismatches", *(column(name) for name in MISMATCH_COLUMNS))
 REVIEW_DECISIONS = ("confirmed", "dismissed")
 MAX_PAGE_SIZE = 10_000
@@ -60,6 +72,7 @@ class MismatchFilter:
     status: str | None = None
     min_confidence: float | None = None
     max_confidence: float | None = None
+    min_score: float | None = None
     model_version: str | None = None
     review_state: str | None = None
 
@@ -78,6 +91,8 @@ class MismatchFilter:
             out.append(v.confidence >= self.min_confidence)
         if self.max_confidence is not None:
             out.append(v.confidence <= self.max_confidence)
+        if self.min_score is not None:
+            out.append(v.discrepancy_score >= self.min_score)
         for attr, col in (("bin_id", v.bin_id), ("station_id", v.station_id),
                           ("status", v.status), ("model_version", v.model_version),
                           ("review_state", v.review_state)):
@@ -87,13 +102,19 @@ class MismatchFilter:
         return out
 
 
+MISMATCH_ORDERS = ("score", "id")
+
+
 @dataclass(frozen=True)
 class PageRequest:
-    """Offset pages (``page`` from 1) or keyset (``after_id``: ids greater than it)."""
+    """Offset pages (``page`` from 1) or keyset (``after_id``: the rows after that one in the
+    order). ``order``: ``score`` (highest discrepancy score first, unscored rows last, then
+    id) or ``id`` (oldest first)."""
 
     limit: int = 50
     page: int = 1
     after_id: int | None = None
+    order: str = "score"
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_PAGE_SIZE:
@@ -102,15 +123,29 @@ class PageRequest:
             raise AuditError(f"page must be >= 1 (got {self.page})")
         if self.after_id is not None and self.page != 1:
             raise AuditError("give --page or --after-id, not both")
+        if self.order not in MISMATCH_ORDERS:
+            raise AuditError(f"order must be one of {', '.join(MISMATCH_ORDERS)} "
+                             f"(got {self.order!r})")
 
 
 def mismatch_query(filters: MismatchFilter, page: PageRequest) -> Select[Any]:
     """The SELECT over the view for these filters and this page (pure)."""
     v = mismatches_view.c
-    query = select(mismatches_view).where(*filters.clauses()).order_by(v.discrepancy_id)
-    if page.after_id is not None:
-        query = query.where(v.discrepancy_id > page.after_id)
+    query = select(mismatches_view).where(*filters.clauses())
+    if page.order == "id":
+        query = query.order_by(v.discrepancy_id)
+        if page.after_id is not None:
+            query = query.where(v.discrepancy_id > page.after_id)
     else:
+        # Unscored rows (written before migration 0003) sort last: scores lie in [0, 1].
+        key = func.coalesce(v.discrepancy_score, -1.0)
+        query = query.order_by(key.desc(), v.discrepancy_id)
+        if page.after_id is not None:
+            anchor = (select(func.coalesce(v.discrepancy_score, -1.0))
+                      .where(v.discrepancy_id == page.after_id).scalar_subquery())
+            query = query.where(or_(key < anchor,
+                                    and_(key == anchor, v.discrepancy_id > page.after_id)))
+    if page.after_id is None:
         query = query.offset((page.page - 1) * page.limit)
     return query.limit(page.limit)
 

@@ -55,7 +55,8 @@ def run_per_event(settings: Settings, counter: BinCounter, preprocessor: Preproc
                 verdict, discrepancy = verdict_records(
                     event=event, topic=record.topic, partition=record.partition,
                     offset=record.offset, prediction=prediction, model_version=version,
-                    supported_counts=counter.card.class_counts, uncertain_threshold=0.0)
+                    supported_counts=counter.card.class_counts,
+                    policy=counter.card.decision)
                 sink.write(WriteBatch(verdicts=[verdict], discrepancies=[
                     discrepancy] if discrepancy is not None else []))
                 t4 = time.perf_counter()

@@ -20,6 +20,7 @@ from kafka import KafkaConsumer
 from sqlalchemy import create_engine
 
 from bench.env import Rate
+from core.model.card import DecisionPolicy
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
 from inference.compare import Prediction
@@ -91,7 +92,7 @@ def verdict_rows(events: list[BinEvent], prediction: Prediction, *, topic: str,
                  model_version: str) -> list[tuple[AuditVerdict, Any]]:
     return [verdict_records(event=e, topic=topic, partition=0, offset=i, prediction=prediction,
                             model_version=model_version, supported_counts=[1, 2, 3, 4, 5],
-                            uncertain_threshold=0.0)
+                            policy=DecisionPolicy())
             for i, e in enumerate(events)]
 
 

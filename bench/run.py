@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.models import write_artifact
     from bench.services import bench_settings, prepare_database
     from core.settings import Settings
+    from devstack.clientenv import with_local_s3
     from inference.counter import resolve_device
 
     device = resolve_device(args.device).type
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     runner = ChildRunner(log_dir)
     artifact = write_artifact(work / "artifacts", "efficientnet_b4", 224, tag="bench")
-    settings = bench_settings(Settings(), db_name=args.db_name)
+    settings = bench_settings(with_local_s3(Settings()), db_name=args.db_name)
     prepare_database(settings)
     batch = args.batch_size or settings.worker.max_batch_size
     base = {"device": device, "artifact": str(artifact), "db_name": args.db_name,

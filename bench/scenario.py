@@ -68,8 +68,9 @@ def _settings(cfg: ScenarioConfig, **worker: object) -> Any:
     """Settings for scenarios that use the services (bench database, bucket)."""
     from bench.services import bench_settings
     from core.settings import Settings
+    from devstack.clientenv import with_local_s3
 
-    return bench_settings(Settings(), db_name=cfg.db_name,
+    return bench_settings(with_local_s3(Settings()), db_name=cfg.db_name,
                           worker=_worker_overrides(cfg, **worker))
 
 

@@ -43,6 +43,18 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     return settings.model_copy(update=update)
 
 
+def check_device(device: str) -> None:
+    """``--device cuda`` (or the setting) on a machine without CUDA is the user's mistake:
+    say so and exit 2, rather than fail later or silently run on the CPU."""
+    if device != "cuda":
+        return
+    import torch  # only here: most commands never need it
+
+    if not torch.cuda.is_available():
+        fail("invalid option: --device cuda, but torch sees no CUDA device on this machine "
+             "(use --device cpu or auto)")
+
+
 def _describe(exc: ValidationError) -> str:
     parts = [f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
              for e in exc.errors()]

@@ -77,6 +77,31 @@ def histogram(values: Sequence[float], path: Path, *, xlabel: str, title: str) -
     return _save(fig, path)
 
 
+def precision_recall(curve: dict[str, Sequence[float]], path: Path, *, base_rate: float | None,
+                     operating_point: tuple[float, float] | None = None,
+                     title: str = "discrepancy score: precision-recall") -> Path:
+    """The score's precision-recall curve over judged bins (wrong manifest = positive), the
+    base rate (a random ranking) and the ``mismatch`` verdicts' (recall, precision)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if curve["recall"]:
+        ax.step([0.0, *curve["recall"]], [curve["precision"][0], *curve["precision"]],
+                where="post", label="ranking by discrepancy score")
+    if base_rate is not None and _defined(base_rate):
+        ax.axhline(base_rate, color="grey", ls="--", label=f"random ({base_rate:.2f})")
+    # No mismatch verdict at all (precision undefined): no operating point to mark.
+    if operating_point is not None and all(_defined(v) for v in operating_point):
+        ax.plot(*operating_point, "ro", label="mismatch verdicts")
+    ax.set(xlabel="recall of wrong manifests", ylabel="precision", xlim=(0, 1.02),
+           ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    return _save(fig, path)
+
+
+def _defined(value: float | None) -> bool:
+    return value is not None and value == value  # None and NaN are undefined
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

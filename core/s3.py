@@ -34,7 +34,7 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-async def _open(stack: AsyncExitStack, *, endpoint_url: str | None, region: str,
+async def _open(stack: AsyncExitStack, *, endpoint_url: str | None, region: str | None,
                 key_id: SecretStr | None, secret: SecretStr | None, config: AioConfig,
                 anonymous: bool) -> Any:
     # Keys left out (None) mean botocore's own credential chain: environment, profile,

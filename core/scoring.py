@@ -81,43 +81,15 @@ def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float
     }
 
 
-# ---- distributions over counts (numpy): calibration and discrepancy ranking ------------------
+# ---- distributions over counts (numpy) -------------------------------------------------
 
-def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counting half (Mann-Whitney U)."""
-    if len(positives) == 0 or len(negatives) == 0:
-        return float("nan")
-    scores = np.concatenate([negatives, positives]).astype(float)
-    ranks = _average_ranks(scores)
-    n_pos, n_neg = len(positives), len(negatives)
-    return float((ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = values.argsort(kind="mergesort")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    # ties share the mean of their ranks
-    uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    if len(uniq) < len(values):
-        sums = np.bincount(inverse, weights=ranks)
-        ranks = (sums / counts)[inverse]
-    return ranks
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE with ``bins`` equal-width confidence bins (``labels`` are class indices)."""
-    if len(labels) == 0:
-        return float("nan")
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            total += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
-    return float(total)
+def decode_counts(probs: np.ndarray, decoding: str = "argmax") -> np.ndarray:
+    """The count each distribution over 0..K-1 stands for: its mode, or its median."""
+    if decoding == "median":
+        return (np.cumsum(probs, axis=1) >= 0.5).argmax(axis=1)
+    if decoding != "argmax":
+        raise ValueError(f"unknown count decoding {decoding!r}")
+    return probs.argmax(axis=1)
 
 
 def p_of_count(probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -126,36 +98,3 @@ def p_of_count(probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
     inside = (counts >= 0) & (counts < probs.shape[1])
     out[inside] = probs[np.flatnonzero(inside), counts[inside]]
     return out
-
-
-def off_by_one_auroc(probs: np.ndarray, true_counts: np.ndarray) -> float:
-    """How well 1 - P(manifest) ranks manifests off by one item (true +- 1) above correct
-    ones (the audit's discrepancy score; ``probs`` over counts 0..K-1)."""
-    correct = 1 - p_of_count(probs, true_counts)
-    down = true_counts >= 1
-    wrong = np.concatenate([1 - p_of_count(probs, true_counts + 1),
-                            1 - p_of_count(probs[down], true_counts[down] - 1)])
-    return auroc(wrong, correct)
-
-
-def distribution_metrics(probs: np.ndarray, true_counts: np.ndarray, *, first: int = 1,
-                         last: int = 5) -> dict[str, float]:
-    """The counter's quality from distributions over counts 0..K-1 (argmax decoding).
-
-    Accuracy, RMSE and off-by-one accuracy on bins with ``first``..``last`` items (where the
-    reference and the product targets are defined); coverage (share of all bins whose count is
-    a class); ECE on covered bins; AUROC of the discrepancy score for off-by-one manifests.
-    """
-    predicted = probs.argmax(axis=1)
-    band = (true_counts >= first) & (true_counts <= last)
-    err = (predicted[band] - true_counts[band]).astype(float)
-    covered = true_counts < probs.shape[1]
-    return {
-        "n": float(len(true_counts)),
-        "accuracy_1_5": float((err == 0).mean()) if band.any() else float("nan"),
-        "rmse_1_5": float(np.sqrt((err ** 2).mean())) if band.any() else float("nan"),
-        "off_by_one_1_5": float((np.abs(err) <= 1).mean()) if band.any() else float("nan"),
-        "coverage": float(covered.mean()),
-        "ece": expected_calibration_error(probs[covered], true_counts[covered]),
-        "auroc_off_by_one_1_5": off_by_one_auroc(probs[band], true_counts[band]),
-    }

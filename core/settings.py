@@ -72,12 +72,17 @@ class KafkaSettings(BaseModel):
 
 
 class S3Settings(BaseModel):
+    """The image store. Unset keys, endpoint and region mean what they mean to every AWS tool:
+    botocore's credential chain (environment, profile, web identity/IRSA, container or
+    instance role) and its region resolution (AWS_REGION, the profile). The local stack
+    (``binaudit services``) sets its own endpoint and keys explicitly."""
+
     model_config = _FROZEN
 
-    endpoint_url: str | None = "http://127.0.0.1:15000"
-    region: str = "us-east-1"
-    access_key_id: SecretStr = SecretStr("testing")
-    secret_access_key: SecretStr = SecretStr("testing")
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
     anonymous: bool = False
     # Bucket events point at; the demo seeds it in the real ABID layout.
     bucket: str = "binaudit-images"
@@ -87,6 +92,11 @@ class S3Settings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 5
+    # Per-event budget for S3 errors nobody classified (a 500 that persists for one key): after
+    # this many rounds (each with botocore's own retries) the event is a fetch_failed dead
+    # letter, so one poison object cannot stall its partition. Permission, credential, bucket
+    # and connection errors are not the event's fault: they are retried until fixed.
+    fetch_attempts: int = Field(4, ge=1)
 
 
 class AbidSourceSettings(BaseModel):
@@ -138,7 +148,11 @@ class WorkerSettings(BaseModel):
     max_in_flight: int = Field(256, ge=1)
     decode_workers: int = Field(2, ge=1)
     poll_max_records: int = 64
-    uncertain_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    # Overrides of the model card's decision thresholds (None: the card's, chosen by the
+    # trainer on validation for its target false-alarm rate). match when P(manifest count)
+    # >= match_min_p; mismatch when 1 - P(manifest count) >= mismatch_min_score.
+    match_min_p: float | None = Field(None, ge=0.0, le=1.0)
+    mismatch_min_score: float | None = Field(None, ge=0.0, le=1.0)
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     metrics_port: int | None = 9108
@@ -147,13 +161,20 @@ class WorkerSettings(BaseModel):
     retry_backoff_max_s: float = 10.0
     # Test/bench hook: a per-batch sleep that simulates a slow model (seconds).
     artificial_delay_s: float = 0.0
-    # Stop when every assigned partition is at its end offset (demo and tests).
+    # Test hook: while this file exists every forward pass raises (a model failing for a
+    # while, like CUDA out of memory); the reliability suite creates and removes it.
+    model_fault_flag: Path | None = None
+    # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
+    # succeeded, for this long.
+    health_stall_s: float = Field(60.0, gt=0)
+    # Stop after this many quiet seconds once the group has no lag on any partition of the
+    # topic (committed = end offsets), whoever owns it (demo and tests).
     exit_when_idle_s: float | None = None
 
 
 class ServeSettings(BaseModel):
     """``binaudit serve``: the SageMaker-compatible HTTP endpoint (model path, device, image
-    limits and the uncertain threshold come from ``worker``, so both front ends agree)."""
+    limits and the decision-threshold overrides come from ``worker``, so both front ends agree)."""
 
     model_config = _FROZEN
 

@@ -112,8 +112,13 @@ dead_letters = Table(
     Column("error_kind", Text, nullable=False),
     Column("message", Text, nullable=False),
     Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # `binaudit dlq redrive` (migration 0005): republished when, and to which topic.
+    Column("redriven_at", DateTime(timezone=True), nullable=True),
+    Column("redriven_to", Text, nullable=True),
     UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_position"),
 )
+Index("ix_dead_letters_not_redriven", dead_letters.c.first_seen,
+      postgresql_where=dead_letters.c.redriven_at.is_(None))
 
 # ---- replay / backtest (migration 0002) ------------------------------------------------------
 BACKTEST_RUN_STATUSES = ("running", "finished", "failed")

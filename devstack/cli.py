@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 from rich.table import Table
 
 from core.cliutil import console, fail, settings_of
 from core.settings import Settings
+from devstack.clientenv import local_env
 from devstack.services import LocalServices, ServiceError
 
 services_app = typer.Typer(help="Local Kafka (KRaft), PostgreSQL 15 and moto S3.")
@@ -35,6 +38,14 @@ def services_status(ctx: typer.Context) -> None:
     """Show each service, its pid, port and log file. Exit 3 if any is down."""
     if not _print_status(settings_of(ctx)):
         raise typer.Exit(3)
+
+
+@services_app.command("env")
+def services_env(ctx: typer.Context) -> None:
+    """Print `export` lines that point binaudit at the local S3 (moto endpoint and keys);
+    use as `eval "$(binaudit services env)"`. Production leaves them unset (AWS defaults)."""
+    for name, value in local_env(settings_of(ctx)).items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
 
 
 def _print_status(settings: Settings) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from core.model.artifact import load_artifact
 from core.model.card import ModelCard
-from inference.compare import Prediction, prediction_from_probs
+from inference.compare import Prediction, prediction_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,6 @@ class BinCounter:
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                 enabled=self.is_cuda):
                 logits = self.model(batch)
-            logits = logits.float()
-            probs = torch.softmax(logits, dim=1).cpu().tolist()
-            scores = logits.cpu().tolist()
-        return [prediction_from_probs(p, s, self.card.class_counts)
-                for p, s in zip(probs, scores, strict=True)]
+            rows = logits.float().cpu().tolist()
+        # Calibration lives in one pure function of (logits row, card), shared by every backend.
+        return [prediction_from_logits(row, self.card) for row in rows]

@@ -2,9 +2,11 @@
 
 The Kafka loop is synchronous (kafka-python), so fetches are scheduled onto a private asyncio
 loop and come back as ``concurrent.futures.Future``. A bad object (missing, empty, too big,
-bucket not allowed) fails its future with an ``EventError`` (a dead letter); an unreachable or
-failing S3 (connection errors, 5xx, throttling) is retried with backoff until it recovers or the
-fetcher stops: an infrastructure fault never becomes a dead letter.
+bucket not allowed) fails its future with an ``EventError`` (a dead letter). An infrastructure
+fault (unreachable S3, throttling, credentials, permissions, a missing bucket) is reported on
+the ``FaultBoard`` and retried with backoff until it is fixed or the fetcher stops: it never
+becomes a dead letter. An error nobody classified is retried within a per-event budget that
+ends in one ``fetch_failed`` dead letter (``inference/retries.py`` says which is which).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from core.s3 import open_s3_client
 from core.settings import S3Settings, Settings
+from inference.faults import FaultBoard
+from inference.retries import Backoff, FailureClass, classify_s3_code
 from schemas.events import parse_s3_uri
 from schemas.records import ErrorKind, EventError
 
 log = logging.getLogger(__name__)
 
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
-_DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled"}
+S3 = "s3"  # the dependency's name on the FaultBoard and in metrics
 
 
 class FetcherStopped(RuntimeError):
@@ -40,6 +43,8 @@ class FetchPolicy:
     max_bytes: int
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
+    # Rounds for an unclassified error before the event is a fetch_failed dead letter.
+    fetch_attempts: int = 4
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
@@ -47,7 +52,8 @@ class FetchPolicy:
         w = settings.worker
         return cls(allowed_buckets=frozenset(settings.s3.allowed_buckets),
                    max_bytes=w.max_image_bytes, backoff_initial_s=w.retry_backoff_initial_s,
-                   backoff_max_s=w.retry_backoff_max_s)
+                   backoff_max_s=w.retry_backoff_max_s,
+                   fetch_attempts=settings.s3.fetch_attempts)
 
 
 def check_uri(uri: str, policy: FetchPolicy) -> tuple[str, str]:
@@ -64,9 +70,11 @@ def check_uri(uri: str, policy: FetchPolicy) -> tuple[str, str]:
 
 
 class ImageFetcher:
-    def __init__(self, cfg: S3Settings, policy: FetchPolicy) -> None:
+    def __init__(self, cfg: S3Settings, policy: FetchPolicy,
+                 faults: FaultBoard | None = None) -> None:
         self.cfg = cfg
         self.policy = policy
+        self.faults = faults or FaultBoard()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stack: AsyncExitStack | None = None
@@ -76,8 +84,9 @@ class ImageFetcher:
         self.retries = 0  # S3 infrastructure retries so far (metrics/tests)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ImageFetcher:
-        return cls(settings.s3, FetchPolicy.from_settings(settings))
+    def from_settings(cls, settings: Settings, faults: FaultBoard | None = None) -> ImageFetcher:
+        """The fetcher every front end uses; ``faults`` is shared with the pipeline."""
+        return cls(settings.s3, FetchPolicy.from_settings(settings), faults)
 
     def __enter__(self) -> ImageFetcher:
         self._loop = asyncio.new_event_loop()
@@ -96,6 +105,9 @@ class ImageFetcher:
         self._stopping.set()
         if self._loop is None:
             return
+        # Fetches still retrying (S3 down) are cancelled here, on their loop, rather than
+        # closed half-way when the loop is (their futures then say "cancelled").
+        asyncio.run_coroutine_threadsafe(_cancel_pending(), self._loop).result(timeout=30)
         if self._stack is not None:
             asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -115,20 +127,38 @@ class ImageFetcher:
         return asyncio.run_coroutine_threadsafe(self._get(bucket, key), self._loop)
 
     async def _get(self, bucket: str, key: str) -> bytes:
-        delay = self.policy.backoff_initial_s
+        uri = f"s3://{bucket}/{key}"
+        backoff = Backoff(self.policy.backoff_initial_s, self.policy.backoff_max_s)
+        unclassified = 0
         while True:
             try:
-                return await self._get_once(bucket, key)
+                data = await self._get_once(bucket, key)
             except EventError:
+                self.faults.clear(S3)  # S3 answered about the object itself: it works
                 raise
-            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - every other failure is classified below
                 if self._stopping.is_set():
-                    raise FetcherStopped(f"stopped while fetching s3://{bucket}/{key}") from exc
+                    raise FetcherStopped(f"stopped while fetching {uri}") from exc
                 self.retries += 1
-                log.warning("S3 unavailable for s3://%s/%s (%s); retrying in %.1fs",
-                            bucket, key, _describe(exc), delay)
+                cause = _describe(exc)
+                if _failure_class(exc) is FailureClass.UNCLASSIFIED:
+                    unclassified += 1
+                    self.faults.retried(S3)
+                    if unclassified >= self.policy.fetch_attempts:
+                        raise EventError(ErrorKind.FETCH_FAILED,
+                                         f"{uri}: {cause} ({unclassified} attempts)") from exc
+                    delay = backoff.next()
+                    log.warning("S3 error for %s (%s, attempt %d of %d); retrying in %.1fs",
+                                uri, cause, unclassified, self.policy.fetch_attempts, delay)
+                else:
+                    self.faults.report(S3, cause)
+                    delay = backoff.next()
+                    log.warning("S3 unavailable for %s (%s); retrying in %.1fs",
+                                uri, cause, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.policy.backoff_max_s)
+                continue
+            self.faults.clear(S3)
+            return data
 
     async def _get_once(self, bucket: str, key: str) -> bytes:
         assert self._sem is not None and self._client is not None
@@ -137,11 +167,8 @@ class ImageFetcher:
             try:
                 resp = await self._client.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code in _MISSING_CODES:
+                if _failure_class(exc) is FailureClass.MISSING:
                     raise EventError(ErrorKind.MISSING_OBJECT, f"{uri} does not exist") from exc
-                if code in _DENIED_CODES:
-                    raise EventError(ErrorKind.MISSING_OBJECT, f"{uri}: access denied") from exc
                 raise
             async with resp["Body"] as body:
                 size = int(resp.get("ContentLength") or 0)
@@ -153,6 +180,24 @@ class ImageFetcher:
         if not data:
             raise EventError(ErrorKind.EMPTY_OBJECT, f"{uri} is empty (0 bytes)")
         return data
+
+
+async def _cancel_pending() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _failure_class(exc: BaseException) -> FailureClass:
+    """S3's answers by their code; no answer at all (connection, timeout, no credentials) is
+    infrastructure; anything else (e.g. a body cut short) nobody classified."""
+    if isinstance(exc, ClientError):
+        return classify_s3_code(str(exc.response.get("Error", {}).get("Code", "")))
+    if isinstance(exc, TimeoutError | BotoCoreError | OSError):
+        return FailureClass.INFRASTRUCTURE
+    return FailureClass.UNCLASSIFIED
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.model.card import DecisionPolicy
 from inference.compare import Prediction, decide
 from schemas.events import BinEvent
 from schemas.records import (
@@ -18,24 +19,26 @@ from schemas.records import (
 
 def verdict_records(*, event: BinEvent, topic: str, partition: int, offset: int,
                     prediction: Prediction, model_version: str, supported_counts: Sequence[int],
-                    uncertain_threshold: float) -> tuple[AuditVerdict, DiscrepancyRecord | None]:
-    status = decide(predicted=prediction.count, confidence=prediction.confidence,
-                    expected=event.expected_quantity, supported_counts=supported_counts,
-                    uncertain_threshold=uncertain_threshold)
+                    policy: DecisionPolicy) -> tuple[AuditVerdict, DiscrepancyRecord | None]:
+    """The verdict row of one judged event, plus its discrepancy row when it is a mismatch."""
+    judged = decide(prediction, expected=event.expected_quantity,
+                    supported_counts=supported_counts, policy=policy)
+    status = judged.status
     verdict = AuditVerdict(
         event_id=event.event_id, bin_id=event.bin_id, image_uri=event.image_uri,
         captured_at=event.captured_at, station_id=event.station_id, robot_id=event.robot_id,
         expected_quantity=event.expected_quantity, predicted_quantity=prediction.count,
         confidence=prediction.confidence, class_probabilities=prediction.probabilities,
-        status=status, model_version=model_version, topic=topic, partition=partition,
-        offset=offset,
+        p_expected=judged.p_expected, discrepancy_score=judged.discrepancy_score, status=status,
+        model_version=model_version, topic=topic, partition=partition, offset=offset,
     )
     if status is not VerdictStatus.MISMATCH:
         return verdict, None
     return verdict, DiscrepancyRecord(
         event_id=event.event_id, model_version=model_version, bin_id=event.bin_id,
         expected_quantity=event.expected_quantity, predicted_quantity=prediction.count,
-        confidence=prediction.confidence,
+        confidence=prediction.confidence, p_expected=judged.p_expected,
+        discrepancy_score=judged.discrepancy_score,
     )
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,13 +26,17 @@ from core.settings import WorkerSettings
 from inference.batching import MicroBatcher
 from inference.compare import Prediction
 from inference.counter import BinCounter
+from inference.faults import FaultBoard
 from inference.images import FetcherStopped, ImageFetcher
 from inference.metrics import PipelineMetrics
 from inference.positions import Position
+from inference.retries import Backoff
 from schemas.events import BinEvent
 from schemas.records import ErrorKind, EventError
 
 log = logging.getLogger(__name__)
+
+MODEL = "model"  # the dependency's name on the FaultBoard and in metrics
 
 
 @dataclass
@@ -65,6 +70,9 @@ class PipelineConfig:
     max_wait_s: float
     decode_workers: int
     artificial_delay_s: float = 0.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    model_fault_flag: Path | None = None
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, *, max_batch_size: int | None = None,
@@ -73,13 +81,18 @@ class PipelineConfig:
         return cls(max_batch_size=max_batch_size or worker.max_batch_size,
                    max_wait_s=(max_wait_ms or worker.max_wait_ms) / 1000,
                    decode_workers=worker.decode_workers,
-                   artificial_delay_s=worker.artificial_delay_s)
+                   artificial_delay_s=worker.artificial_delay_s,
+                   backoff_initial_s=worker.retry_backoff_initial_s,
+                   backoff_max_s=worker.retry_backoff_max_s,
+                   model_fault_flag=worker.model_fault_flag)
 
 
 class InferencePipeline:
     def __init__(self, counter: BinCounter, preprocessor: Preprocessor, config: PipelineConfig,
                  on_outcome: Callable[[Outcome], None], *, fetcher: ImageFetcher | None = None,
                  metrics: PipelineMetrics | None = None) -> None:
+        # One board for every stage: the fetcher reports S3, the model stage reports itself.
+        self.faults = fetcher.faults if fetcher is not None else FaultBoard()
         self.counter = counter
         self.preprocess = preprocessor
         self.config = config
@@ -158,8 +171,9 @@ class InferencePipeline:
         except EventError as exc:
             self._finish(Outcome(item, error=exc))
             return
-        except FetcherStopped as exc:
-            self._finish(Outcome(item, error=EventError(ErrorKind.SHUTTING_DOWN, str(exc)),
+        except (FetcherStopped, concurrent.futures.CancelledError) as exc:
+            self._finish(Outcome(item, error=EventError(ErrorKind.SHUTTING_DOWN,
+                                                        f"fetch stopped: {exc!r}"),
                                  retryable=True))
             return
         self.metrics.observe_stage("fetch", time.perf_counter() - started)
@@ -213,23 +227,43 @@ class InferencePipeline:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[WorkItem, torch.Tensor]]) -> None:
-        started = time.perf_counter()
         items = [item for item, _ in batch]
-        try:
-            predictions = self.counter.infer(torch.stack([t for _, t in batch]))
-        except Exception as exc:  # an inference failure is the model's, not the events'
-            log.exception("inference failed for a batch of %d (first %s)", len(items),
-                          items[0].describe())
-            for item in items:
-                self._finish(Outcome(item, error=EventError(ErrorKind.MODEL_ERROR,
-                                                            f"inference failed: {exc!r}"),
-                                     retryable=True))
-            return
+        stacked = torch.stack([t for _, t in batch])
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while True:
+            started = time.perf_counter()
+            try:
+                predictions = self._infer(stacked)
+                break
+            except Exception as exc:  # the model's failure (OOM, broken artifact), not the events'
+                self.faults.report(MODEL, repr(exc))
+                delay = backoff.next()
+                log.error("inference failed for a batch of %d (first %s): %r; retrying the "
+                          "batch in %.1fs", len(items), items[0].describe(), exc, delay)
+                if self._wait_unless_stopping(delay):
+                    for item in items:  # left uncommitted: the next owner processes them
+                        self._finish(Outcome(item, error=EventError(
+                            ErrorKind.SHUTTING_DOWN, f"stopping while the model fails: {exc!r}"),
+                            retryable=True))
+                    return
+        self.faults.clear(MODEL)
         if self.config.artificial_delay_s:
             time.sleep(self.config.artificial_delay_s)
         self.metrics.observe_batch(len(items), time.perf_counter() - started)
         for item, prediction in zip(items, predictions, strict=True):
             self._finish(Outcome(item, prediction=prediction))
+
+    def _infer(self, batch: torch.Tensor) -> list[Prediction]:
+        flag = self.config.model_fault_flag
+        if flag is not None and flag.exists():
+            raise RuntimeError(f"injected model fault ({flag} exists)")
+        return self.counter.infer(batch)
+
+    def _wait_unless_stopping(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (the backoff); True at once if the pipeline is stopping."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping, timeout=seconds)
+            return self._stopping
 
     def _finish(self, outcome: Outcome) -> None:
         """Deliver exactly one outcome per submitted item."""

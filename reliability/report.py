@@ -1,21 +1,26 @@
 """The reliability suite's report: one row per scenario, rendered as Markdown, plus the soak plot.
 
-Pure apart from the two ``write_*`` functions. The suite (``tests/reliability``) collects a
-:class:`ScenarioRow` per scenario during the session and writes ``reliability/report.md`` once,
+Pure apart from the ``write_*``/``load_*`` functions. The suite (``tests/reliability``) collects
+a :class:`ScenarioRow` per scenario during the session and writes ``reliability/report.md`` once,
 at the end; ``make reliability`` (or ``make test``) regenerates it, and the latest result is
-checked in next to this file.
+checked in next to this file. A session that ran only some scenarios (``pytest -k ...``) replaces
+those rows and keeps the others from ``report.json`` (the rows of the last report), each marked
+with the time it was measured, so the report never silently drops a scenario.
 """
 
 from __future__ import annotations
 
+import json
 import platform
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPORT_PATH = HERE / "report.md"
+ROWS_PATH = HERE / "report.json"
 SOAK_PLOT_PATH = HERE / "soak.png"
 
 
@@ -120,6 +125,7 @@ class ScenarioRow:
     passed: bool = True
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    measured_at: str = ""  # when the session that ran it started (ISO 8601, UTC)
 
 
 @dataclass(frozen=True)
@@ -134,25 +140,32 @@ def _fmt(value: float | None) -> str:
 
 
 def render_markdown(rows: Sequence[ScenarioRow], *, duration_s: float,
-                    definitions: Sequence[str] = (), findings: Sequence[str] = FINDINGS) -> str:
-    """The report: a summary table, then each scenario's notes."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+                    definitions: Sequence[str] = (), findings: Sequence[str] = FINDINGS,
+                    now: str | None = None) -> str:
+    """The report: a summary table, then each scenario's notes. Rows measured before ``now``
+    (kept from an earlier session) say when in the table."""
+    now = now or datetime.now(UTC).isoformat(timespec="seconds")
+    fresh = [r for r in rows if r.measured_at == now]
+    scope = ("every scenario ran in this session" if len(fresh) == len(rows) else
+             f"this session ran {len(fresh)} of the {len(rows)} scenarios "
+             f"({', '.join(r.name for r in fresh)}); the other rows are kept from the session "
+             "named in their *measured* column")
     lines = [
         "# binaudit reliability report",
         "",
         f"Generated {now} by `make reliability` (`pytest -m reliability tests/reliability`) in "
         f"{duration_s:.0f} s on {platform.machine()} / Python {platform.python_version()}, "
-        "against a dedicated Kafka/Postgres/moto stack (never the shared one).",
+        f"against a dedicated Kafka/Postgres/moto stack (never the shared one); {scope}.",
         "",
         "| scenario | sent | good | rows | lost | duplicated | dead letters | recovery s "
-        "| recovered by | result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| recovered by | result | measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.name} | {r.sent} | {r.good} | {r.rows} | {r.lost} | {r.duplicated} | "
             f"{r.dead_letters} | {_fmt(r.recovery_s)} | {r.recovered_by} | "
-            f"{'pass' if r.passed else '**FAIL**'} |")
+            f"{'pass' if r.passed else '**FAIL**'} | {r.measured_at or '-'} |")
     if definitions:
         lines += ["", "## Definitions", ""] + [f"- {d}" for d in definitions]
     if findings:
@@ -173,10 +186,66 @@ def render_markdown(rows: Sequence[ScenarioRow], *, duration_s: float,
     return "\n".join(lines).rstrip() + "\n"
 
 
+def merge_rows(previous: Sequence[ScenarioRow],
+               current: Sequence[ScenarioRow]) -> list[ScenarioRow]:
+    """``previous`` in its order with this session's rows in place of same-named ones; new
+    scenarios at the end."""
+    fresh = {r.name: r for r in current}
+    merged = [fresh.pop(r.name, r) for r in previous]
+    return merged + [r for r in current if r.name in fresh]
+
+
+def load_rows(json_path: Path = ROWS_PATH, md_path: Path = REPORT_PATH) -> list[ScenarioRow]:
+    """The last report's rows: from its JSON, else parsed from its Markdown (reports written
+    before the JSON existed)."""
+    if json_path.exists():
+        return [ScenarioRow(**row) for row in json.loads(json_path.read_text())]
+    if md_path.exists():
+        return rows_from_markdown(md_path.read_text())
+    return []
+
+
+def rows_from_markdown(text: str) -> list[ScenarioRow]:
+    """Rows of a rendered report (table, notes and extra lines)."""
+    generated = re.search(r"^Generated (\S+)", text, re.M)
+    when = generated.group(1) if generated else ""
+    rows: list[ScenarioRow] = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 10 or not cells[1].isdigit():
+            continue
+        rows.append(ScenarioRow(
+            name=cells[0], sent=int(cells[1]), good=int(cells[2]), rows=int(cells[3]),
+            lost=int(cells[4]), duplicated=int(cells[5]), dead_letters=int(cells[6]),
+            recovery_s=None if cells[7] == "-" else float(cells[7]), recovered_by=cells[8],
+            passed=cells[9] == "pass",
+            measured_at=cells[10] if len(cells) > 10 and cells[10] != "-" else when))
+    sections = re.split(r"^### ", text.split("## Scenario notes", 1)[-1], flags=re.M)[1:]
+    by_name = {r.name: r for r in rows}
+    for section in sections:
+        name, _, body = section.partition("\n")
+        row = by_name.get(name.strip())
+        if row is None:
+            continue
+        notes = [ln for ln in body.strip().splitlines() if ln and not ln.startswith("- ")]
+        row.notes = "\n".join(notes)
+        row.extra = dict(ln[2:].split(": ", 1) for ln in body.splitlines()
+                         if ln.startswith("- ") and ": " in ln)
+    return rows
+
+
 def write_report(rows: Sequence[ScenarioRow], *, duration_s: float,
-                 definitions: Sequence[str] = (), path: Path = REPORT_PATH) -> Path:
+                 definitions: Sequence[str] = (), path: Path = REPORT_PATH,
+                 rows_path: Path = ROWS_PATH) -> Path:
+    """Write the report: this session's rows merged into the last report's."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    for row in rows:
+        row.measured_at = now
+    merged = merge_rows(load_rows(rows_path, path), rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(rows, duration_s=duration_s, definitions=definitions))
+    path.write_text(render_markdown(merged, duration_s=duration_s, definitions=definitions,
+                                    now=now))
+    rows_path.write_text(json.dumps([asdict(r) for r in merged], indent=1) + "\n")
     return path
 
 

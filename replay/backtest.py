@@ -28,15 +28,15 @@ import typer
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from tqdm import tqdm
 
 from core.db import open_engine
-from core.model.card import ModelCard
+from core.model.card import DecisionPolicy, ModelCard
 from core.model.preprocess import ImageLimits, Preprocessor
+from core.progress import progress
 from core.settings import KafkaSettings, Settings
 from core.tables import backtest_results, backtest_runs
 from core.timewindow import Bounds, WindowRequest, derive_run_id, ms, resolve_bounds
-from inference.compare import Prediction
+from inference.compare import Prediction, policy_for
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
 from inference.outcomes import verdict_records
@@ -54,7 +54,7 @@ class ReplayError(RuntimeError):
 
 def result_row(run_id: str, position: Position, *, event: BinEvent | None,
                prediction: Prediction | None = None, error: EventError | None = None,
-               card: ModelCard, uncertain_threshold: float) -> dict[str, Any]:
+               card: ModelCard, policy: DecisionPolicy) -> dict[str, Any]:
     """One backtest_results row (every key always present, for executemany)."""
     row: dict[str, Any] = {
         "run_id": run_id, "event_id": event.event_id if event else None,
@@ -63,16 +63,20 @@ def result_row(run_id: str, position: Position, *, event: BinEvent | None,
         "image_uri": event.image_uri if event else None,
         "captured_at": event.captured_at if event else None,
         "expected_quantity": event.expected_quantity if event else None,
-        "predicted_quantity": None, "confidence": None, "status": "error",
+        "predicted_quantity": None, "confidence": None, "class_probabilities": None,
+        "p_expected": None, "discrepancy_score": None, "status": "error",
         "error_kind": None, "error_message": None,
     }
     if prediction is not None and event is not None:
         verdict, _ = verdict_records(
             event=event, topic=position.topic, partition=position.partition,
             offset=position.offset, prediction=prediction, model_version=card.version,
-            supported_counts=card.class_counts, uncertain_threshold=uncertain_threshold)
+            supported_counts=card.class_counts, policy=policy)
         row |= {"predicted_quantity": verdict.predicted_quantity,
-                "confidence": verdict.confidence, "status": verdict.status.value}
+                "confidence": verdict.confidence,
+                "class_probabilities": verdict.class_probabilities,
+                "p_expected": verdict.p_expected, "discrepancy_score": verdict.discrepancy_score,
+                "status": verdict.status.value}
     else:
         failure = error or EventError(ErrorKind.DECODE_ERROR, "no prediction")
         row |= {"error_kind": failure.kind.value, "error_message": str(failure)[:2000]}
@@ -266,19 +270,20 @@ class Replay:
     def _consume(self, source: ReplaySource, pipeline: InferencePipeline, engine: Engine,
                  card: ModelCard, bounds: Bounds, summary: ReplaySummary) -> None:
         cfg = self.settings.worker
+        policy = policy_for(card, cfg)
         window = self.options.window
         rows: list[dict[str, Any]] = []
         last_write = time.monotonic()
 
         def row(position: Position, event: BinEvent | None, **kw: Any) -> None:
             rows.append(result_row(summary.run_id, position, event=event, card=card,
-                                   uncertain_threshold=cfg.uncertain_threshold, **kw))
+                                   policy=policy, **kw))
             status = rows[-1]["status"]
             summary.by_status[status] = summary.by_status.get(status, 0) + 1
             bar.update(1)
 
         total = sum(stop - start for start, stop in bounds.values())
-        bar = tqdm(total=total, unit="ev", desc=f"replay {self.options.topic}",
+        bar = progress(total=total, unit="ev", desc=f"replay {self.options.topic}",
                    disable=not self.options.progress)
         source.start(bounds)
         try:

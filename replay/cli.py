@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from core.cliutil import console, fail, settings_of, with_overrides
+from core.cliutil import check_device, console, fail, settings_of, with_overrides
 from core.db import open_engine
 from core.model.artifact import ArtifactError
+from core.quality import headline
 from core.timewindow import WindowRequest
+from core.truth import read_truth
 from replay.backtest import Replay, ReplayError, ReplayOptions
-from replay.report import report_for_run
+from replay.report import load_run, quality_section, report_for_run
 
 Opt = typer.Option
 
@@ -35,6 +38,8 @@ def replay_command(
     compare_to: Annotated[str | None, Opt(help="Production model version in audit_results "
                                                "(default: the one that saw most events).")
                           ] = None,
+    truth: Annotated[Path | None, Opt(help="Truth CSV from `publish --wrong-manifest-rate`: "
+                                           "report audit quality against it.")] = None,
     device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
     max_batch_size: Annotated[int | None, Opt(help="Close a batch at this size.")] = None,
     progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
@@ -43,13 +48,15 @@ def replay_command(
 
     settings = with_overrides(settings_of(ctx), worker={"device": device,
                                                         "max_batch_size": max_batch_size})
+    check_device(settings.worker.device)
     try:
         window = WindowRequest.from_cli(from_=from_, to=to, from_offset=from_offset,
                                         to_offset=to_offset)
+        known = read_truth(truth) if truth is not None else None
         options = ReplayOptions(topic=topic or settings.kafka.topic, window=window,
                                 model_path=model, run_id=run_id, progress=progress)
         summary = Replay(settings, options).run()
-    except (ValueError, ReplayError, ArtifactError) as exc:
+    except (ValueError, ReplayError, ArtifactError, OSError) as exc:
         fail(str(exc))
     console.print(f"run {summary.run_id}: model {summary.model_version}, {summary.events} "
                   f"events ({summary.added} new rows, {summary.errors} errors, "
@@ -57,8 +64,17 @@ def replay_command(
                   f"{summary.by_status}")
     if report is not None:
         with open_engine(settings.db) as engine:
-            paths = report_for_run(engine, summary.run_id, report, compare_to=compare_to)
+            paths = report_for_run(engine, summary.run_id, report, compare_to=compare_to,
+                                   truth=known)
         console.print("report: " + ", ".join(str(p) for p in paths))
+    if known is not None:
+        with open_engine(settings.db) as engine, engine.connect() as conn:
+            _, rows = load_run(conn=conn, run_id=summary.run_id)
+        quality = quality_section(rows, known)
+        table = Table("audit quality vs the truth file", "value")
+        for name, value in headline(quality):
+            table.add_row(name, value)
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
+from core.quality import audit_quality, markdown, pr_curve
 from core.scoring import counting_metrics
 from core.tables import audit_results, backtest_results, backtest_runs
+from core.truth import TruthEntry, truth_rows
 
 SCALARS = ("accuracy", "rmse", "mae", "off_by_one_accuracy")
 MAX_LISTED_CHANGES = 200  # per list in the Markdown report (the JSON keeps them all)
@@ -35,6 +37,8 @@ class ResultRow:
     predicted_quantity: int | None
     status: str
     error_kind: str | None = None
+    p_expected: float | None = None
+    discrepancy_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,11 +133,23 @@ def compare_with_production(rows: Sequence[ResultRow], production: Sequence[Prod
     })
 
 
+def quality_section(rows: Sequence[ResultRow], truth: Mapping[str, TruthEntry]
+                    ) -> dict[str, Any]:
+    """Audit quality of the run's verdicts against a truth file (errors are not verdicts)."""
+    verdicts = [{"event_id": r.event_id, "expected_quantity": r.expected_quantity,
+                 "status": r.status, "discrepancy_score": r.discrepancy_score}
+                for r in rows if r.status != "error" and r.event_id is not None]
+    joined, unknown = truth_rows(verdicts, truth)
+    return {**audit_quality(joined), "not_in_truth": unknown, "pr_curve": pr_curve(joined)}
+
+
 def build_report(run: dict[str, Any], rows: Sequence[ResultRow],
-                 production: tuple[str, Sequence[ProductionRow]] | None) -> dict[str, Any]:
-    """The whole report of one run (pure)."""
+                 production: tuple[str, Sequence[ProductionRow]] | None,
+                 truth: Mapping[str, TruthEntry] | None = None) -> dict[str, Any]:
+    """The whole report of one run (pure); with ``truth``, its audit quality too."""
     class_counts = list(run["class_counts"])
     report = {"run": run, **backtest_metrics(rows, class_counts)}
+    report["audit_quality"] = _clean(quality_section(rows, truth)) if truth is not None else None
     comparison = None
     if production is not None:
         comparison = compare_with_production(rows, production[1], version=production[0],
@@ -152,7 +168,8 @@ def load_run(*, conn: Connection, run_id: str) -> tuple[dict[str, Any], list[Res
         raise LookupError(f"no backtest run {run_id!r}")
     r = backtest_results.c
     rows = conn.execute(select(r.event_id, r.bin_id, r.image_uri, r.expected_quantity,
-                               r.predicted_quantity, r.status, r.error_kind)
+                               r.predicted_quantity, r.status, r.error_kind, r.p_expected,
+                               r.discrepancy_score)
                         .where(r.run_id == run_id).order_by(r.id)).all()
     meta = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in run.items()}
     return meta, [ResultRow(*row) for row in rows]
@@ -176,19 +193,19 @@ def load_production(*, conn: Connection, run_id: str, version: str | None
     return version, [ProductionRow(*row) for row in rows]
 
 
-def report_for_run(engine: Engine, run_id: str, path: Path, *,
-                   compare_to: str | None = None) -> list[Path]:
-    """Load, compute and write the report of ``run_id``: PATH.json, PATH.md, PATH.png."""
+def report_for_run(engine: Engine, run_id: str, path: Path, *, compare_to: str | None = None,
+                   truth: Mapping[str, TruthEntry] | None = None) -> list[Path]:
+    """Load, compute and write the report of ``run_id``: PATH.json, PATH.md, PATH PNGs."""
     with engine.connect() as conn:
         run, rows = load_run(conn=conn, run_id=run_id)
         production = load_production(conn=conn, run_id=run_id, version=compare_to)
-    return write_report(build_report(run, rows, production), path)
+    return write_report(build_report(run, rows, production, truth), path)
 
 
 # ---- rendering -------------------------------------------------------------------------------
 
 def write_report(report: dict[str, Any], path: Path) -> list[Path]:
-    from core.plots import confusion
+    from core.plots import confusion, precision_recall
 
     path.parent.mkdir(parents=True, exist_ok=True)
     json_path = path.with_suffix(".json")
@@ -196,9 +213,17 @@ def write_report(report: dict[str, Any], path: Path) -> list[Path]:
     png = confusion(report["confusion_matrix"], report["classes"],
                     path.with_name(f"{path.stem}-confusion.png"),
                     title=f"{report['run']['model_version']} vs EXPECTED_QUANTITY")
-    md_path = path.with_suffix(".md")
-    md_path.write_text(render_markdown(report, png.name))
-    return [json_path, md_path, png]
+    written = [json_path, path.with_suffix(".md"), png]
+    quality = report.get("audit_quality")
+    if quality is not None:
+        written.append(precision_recall(
+            quality["pr_curve"], path.with_name(f"{path.stem}-pr.png"),
+            base_rate=quality["wrong_rate_judged"],
+            operating_point=(quality["recall"], quality["mismatch_precision"]),
+            title=f"{report['run']['model_version']}: discrepancy score"))
+    written[1].write_text(render_markdown(report, png.name, pr_png=(
+        written[3].name if quality is not None else None)))
+    return written
 
 
 def _fmt(value: Any) -> str:
@@ -207,7 +232,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def render_markdown(report: dict[str, Any], png_name: str) -> str:
+def render_markdown(report: dict[str, Any], png_name: str, *,
+                    pr_png: str | None = None) -> str:
     run = report["run"]
     suffix = scope_suffix(run["class_counts"])
     lines = [
@@ -226,6 +252,13 @@ def render_markdown(report: dict[str, Any], png_name: str) -> str:
           for c in report["per_class_accuracy"]),
         "", f"![confusion matrix]({png_name})", "",
     ]
+    quality = report.get("audit_quality")
+    if quality is not None:
+        lines += ["## Audit quality (against the truth file)", "",
+                  f"Verdicts not in the truth file: {quality['not_in_truth']}.", "",
+                  markdown(quality)]
+        if pr_png is not None:
+            lines += [f"![precision-recall]({pr_png})", ""]
     prod = report["production"]
     if prod is None:
         lines.append("No production verdicts for these events.")

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
 
 from core.producer import EventProducer, ensure_topic
+from core.progress import progress as progress_of
 from core.s3 import ensure_bucket, open_s3_client
 from core.settings import Settings
+from robots.manifests import ManifestPerturber, WrongManifests, truth_file, with_wrong_manifests
 from schemas.abid import AbidMetadata
 from schemas.events import BinEvent, encode_event, make_event_id
 
@@ -247,7 +248,7 @@ async def upload_objects(client: Any, bucket: str, objects: dict[str, Path | byt
                          concurrency: int, progress: bool = False) -> UploadStats:
     """Put each object unless one of the same size is already there (re-runs are cheap)."""
     stats, gate = UploadStats(), asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(objects), unit="obj", desc="upload", disable=not progress)
+    bar = progress_of(total=len(objects), unit="obj", desc="upload", disable=not progress)
 
     async def one(key: str, body: Path | bytes) -> None:
         data = body.read_bytes() if isinstance(body, Path) else body
@@ -306,6 +307,7 @@ class PublishOptions:
     rate: float | None = None  # events/s; None: as fast as possible
     faults: tuple[str, ...] = ()
     fault_rate: float = 0.1
+    wrong_manifests: WrongManifests = field(default_factory=WrongManifests)
     create_topic: bool = True
     progress: bool = True
 
@@ -332,6 +334,8 @@ class PublishReport:
     uploaded: int = 0
     upload_skipped: int = 0
     interrupted: bool = False
+    wrong_manifests: dict[str, int] = field(default_factory=dict)  # kind -> events
+    truth_path: Path | None = None
 
     @property
     def fault_count(self) -> int:
@@ -355,9 +359,14 @@ def publish(settings: Settings, options: PublishOptions) -> PublishReport:
         ensure_topic(settings.kafka, topic, oldest_timestamp_ms=_ms(plan.start_time))
     report = PublishReport(topic=topic, bucket=plan.bucket, uploaded=stats.uploaded,
                            upload_skipped=stats.skipped)
-    messages = iter_messages(iter_events(samples, plan), injector, bucket)
-    _send_all(settings, messages, report, rate=options.rate, progress=options.progress,
-              total=_expected_total(len(samples), plan))
+    wrong = options.wrong_manifests
+    perturber = ManifestPerturber(wrong, plan.seed,
+                                  [s.metadata.EXPECTED_QUANTITY for s in samples])
+    with truth_file(wrong.truth_path) as truth:
+        events = with_wrong_manifests(iter_events(samples, plan), perturber, truth)
+        _send_all(settings, iter_messages(events, injector, bucket), report, rate=options.rate,
+                  progress=options.progress, total=_expected_total(len(samples), plan))
+    report.wrong_manifests, report.truth_path = dict(perturber.perturbed), wrong.truth_path
     log.info("published %d records to %s (%d valid, %d faults)", report.published, topic,
              report.valid, report.fault_count)
     return report
@@ -412,7 +421,8 @@ def _send_all(settings: Settings, messages: Iterator[Message], report: PublishRe
               rate: float | None, progress: bool, total: int | None) -> None:
     failures: list[BaseException] = []
     pending: list[tuple[Message, Any]] = []
-    bar = tqdm(total=total, unit="ev", desc=f"publish {report.topic}", disable=not progress)
+    bar = progress_of(total=total, unit="ev", desc=f"publish {report.topic}",
+                      disable=not progress)
     started = time.monotonic()
     try:
         with EventProducer(settings.kafka) as producer:

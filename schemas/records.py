@@ -28,8 +28,12 @@ class ErrorKind(StrEnum):
     TRUNCATED_IMAGE = "truncated_image"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
     DECODE_ERROR = "decode_error"
-    # Not about the event: the model failed on a batch, or the pipeline is stopping. Both are
-    # retried (and never dead-lettered while a retry can still succeed).
+    # S3 kept failing for this object with an error nobody classified (e.g. a 500 for one key
+    # only) after the per-event budget; re-drive it once fixed (`binaudit dlq redrive`).
+    FETCH_FAILED = "fetch_failed"
+    # Not about the event: the model failed on a batch (kept for rows written before model
+    # failures became infrastructure faults: today they are retried, never stored), or the
+    # pipeline is stopping (left uncommitted).
     MODEL_ERROR = "model_error"
     SHUTTING_DOWN = "shutting_down"
 
@@ -75,7 +79,11 @@ class AuditVerdict(BaseModel):
     expected_quantity: int = Field(ge=0)
     predicted_quantity: int | None = Field(default=None, ge=0)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Calibrated distribution over the model's counts (temperature from the model card).
     class_probabilities: dict[str, float] | None = None
+    # Calibrated P(manifest's count) and 1 - that; None when the count is not a model class.
+    p_expected: float | None = Field(default=None, ge=0.0, le=1.0)
+    discrepancy_score: float | None = Field(default=None, ge=0.0, le=1.0)
     status: VerdictStatus
     model_version: str
     topic: str
@@ -94,6 +102,9 @@ class DiscrepancyRecord(BaseModel):
     expected_quantity: int = Field(ge=0)
     predicted_quantity: int = Field(ge=0)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    p_expected: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Orders the auditors' queue (highest first).
+    discrepancy_score: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class DeadLetterRecord(BaseModel):

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job end to end on real ABID bins (`make demo`):
 #   services up → migrations → sample images into S3 (real bucket layout) → bin events on a
-#   fresh topic → a model (newest artifact, or trained now on the sample) → the worker until the
-#   topic is drained → a summary of verdicts, accuracy/RMSE vs EXPECTED_QUANTITY, throughput.
+#   fresh topic, 10% of them with a wrong manifest (truth in a sidecar file) → a model (newest
+#   artifact, or trained now on the sample) → the worker until the topic is drained → a summary
+#   of verdicts, accuracy/RMSE vs EXPECTED_QUANTITY, throughput, and the audit quality (false
+#   alarms, recall of wrong manifests, precision, AUROC, review budgets, a PR plot).
 #
 # Data: BINAUDIT_SAMPLE_DIR (an ABID-format folder), else ../shared/data/abid-sample, else the
 # same 350 ids are fetched from the public ABID bucket (needs internet) into data/abid-sample.
@@ -31,6 +33,8 @@ fi
 say "services (Kafka KRaft, PostgreSQL 15, S3) and migrations"
 "$BIN/binaudit" services up
 "$BIN/binaudit" db upgrade
+# The product's S3 defaults are AWS's (credential chain, no endpoint): point it at local moto.
+eval "$("$BIN/binaudit" services env)"
 
 # The model: BINAUDIT_WORKER__MODEL_PATH, else the counter shipped in models/counter (trained
 # on the extra ABID set, never on these sample bins), else the newest artifact trained here,
@@ -52,15 +56,19 @@ say "model: $MODEL"
 "$BIN/binaudit" model register "$MODEL"
 
 RUN="demo-$(date -u +%Y%m%dT%H%M%SZ)"
-say "publishing the sample as bin events to topic $RUN"
-"$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN" --with-metadata
+OUT="artifacts/demo/$RUN"
+mkdir -p "$OUT"
+say "publishing the sample as bin events to topic $RUN (10% of manifests made wrong on purpose)"
+# The truth (event id -> true count, perturbation) goes to a sidecar file, never into events.
+"$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN" --with-metadata \
+    --wrong-manifest-rate 0.1 --truth "$OUT/truth.csv"
 
 say "worker: consuming $RUN until drained"
 "$BIN/binaudit" worker --topic "$RUN" --group "$RUN" --model "$MODEL" --exit-when-idle 5 \
     --metrics-port 0
 
-say "summary"
-"$BIN/binaudit" summary --topic "$RUN"
+say "summary and audit quality against the truth file"
+"$BIN/binaudit" summary --topic "$RUN" --truth "$OUT/truth.csv" --report "$OUT/quality.json"
 echo
 if [ "$MODEL" = models/counter ]; then
     echo "The shipped counter never saw these 350 sample bins: the numbers above are held out."

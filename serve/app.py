@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from inference.compare import Prediction
+from inference.compare import Prediction, Verdict
 from inference.metrics import LATENCY_BUCKETS, PipelineMetrics
 from schemas.events import (
     MAX_EXPECTED_QUANTITY,
@@ -35,7 +35,7 @@ from schemas.events import (
     decode_event,
     describe_validation_error,
 )
-from schemas.records import ErrorKind, EventError, VerdictStatus
+from schemas.records import ErrorKind, EventError
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "application/x-image"})
 JSON_TYPE = "application/json"
@@ -164,7 +164,8 @@ def parse_event_request(raw: bytes, *, now: datetime) -> EventRequest:
 
 def prediction_body(prediction: Prediction, *, model_version: str,
                     class_counts: list[int]) -> dict[str, Any]:
-    """What an image request gets: the count and the reference endpoint's raw scores."""
+    """What an image request gets: the count, the calibrated distribution and the reference
+    endpoint's raw scores (logits)."""
     return {
         "count": prediction.count,
         "confidence": prediction.confidence,
@@ -175,13 +176,15 @@ def prediction_body(prediction: Prediction, *, model_version: str,
     }
 
 
-def event_body(prediction: Prediction, request: EventRequest, verdict: VerdictStatus, *,
+def event_body(prediction: Prediction, request: EventRequest, verdict: Verdict, *,
                model_version: str, class_counts: list[int]) -> dict[str, Any]:
-    """An event request's answer: the prediction plus the worker's verdict."""
+    """An event request's answer: the prediction plus the worker's verdict, the calibrated
+    P(manifest count) and the discrepancy score."""
     body = prediction_body(prediction, model_version=model_version, class_counts=class_counts)
     event = request.event
     body.update(image_uri=event.image_uri, expected_quantity=event.expected_quantity,
-                verdict=verdict.value)
+                verdict=verdict.status.value, p_expected=verdict.p_expected,
+                discrepancy_score=verdict.discrepancy_score)
     if request.full_event:
         body.update(event_id=event.event_id, bin_id=event.bin_id)
     return body

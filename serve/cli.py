@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from core.cliutil import settings_of, with_overrides
+from core.cliutil import check_device, settings_of, with_overrides
 from core.model.artifact import ArtifactError
 from serve.server import ModelServer, run_server
 
@@ -33,6 +33,7 @@ def serve_command(
         serve={"port": port, "host": host, "max_batch_size": max_batch_size,
                "max_wait_ms": max_wait_ms},
     )
+    check_device(settings.worker.device)
     try:
         asyncio.run(run_server(ModelServer(settings)))
     except ArtifactError as exc:

@@ -1,7 +1,9 @@
 """`binaudit serve`: the model as a SageMaker-compatible real-time endpoint.
 
 SageMaker's inference-container contract (bring your own container): the image is run as
-``serve``, answers ``GET /ping`` (200 = healthy) and ``POST /invocations`` on port 8080, with
+``serve``, answers ``GET /ping`` (200 = healthy) and ``POST /invocations`` on port 8080 (also
+``POST /endpoints/<name>/invocations``, the path SageMaker runtime's ``InvokeEndpoint`` posts
+to, so boto3's ``sagemaker-runtime`` client works unchanged with ``endpoint_url``), with
 the model unpacked under /opt/ml/model (the Dockerfile points ``BINAUDIT_WORKER__MODEL_PATH``
 there). The request/response contract is in ``serve/app.py``.
 
@@ -31,10 +33,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
-from inference.compare import Prediction, decide
+from inference.compare import Prediction, decide, policy_for
 from inference.counter import BinCounter
-from inference.images import ImageFetcher
-from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
+from inference.images import S3, ImageFetcher
+from inference.pipeline import MODEL, InferencePipeline, Outcome, PipelineConfig, WorkItem
 from schemas.records import EventError
 from serve.app import (
     HttpError,
@@ -87,6 +89,7 @@ class ModelServer:
                               middlewares=[self._observe])
         app.router.add_get("/ping", self._ping)
         app.router.add_post("/invocations", self._invocations)
+        app.router.add_post("/endpoints/{endpoint}/invocations", self._invocations)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
@@ -106,7 +109,8 @@ class ModelServer:
                            port if port is not None else self.cfg.port)
         await site.start()
         bound = int(self._runner.addresses[0][1])
-        log.info("serving on %s:%d (/ping, /invocations, /metrics); loading the model",
+        log.info("serving on %s:%d (/ping, /invocations, /endpoints/<name>/invocations, "
+                 "/metrics); loading the model",
                  host or self.cfg.host, bound)
         return bound
 
@@ -211,10 +215,7 @@ class ModelServer:
         kind = classify(request.headers.get("Content-Type", ""))
         if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
             raise _too_large(request.content_length, self.cfg.max_body_bytes)
-        if self._in_flight >= self.cfg.max_queue:
-            raise HttpError(503, HttpKind.OVERLOADED,
-                            f"{self._in_flight} requests in flight (max_queue "
-                            f"{self.cfg.max_queue}); retry later", retry_after_s=1)
+        self._admit(kind)
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         try:
@@ -228,6 +229,25 @@ class ModelServer:
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
+
+    def _admit(self, kind: RequestKind) -> None:
+        """Refuse at once what cannot be served now. Admission counts the pipeline's own
+        events: a request that timed out (504) still holds its fetch until S3 answers, so
+        during an S3 outage timed-out requests cannot pile up fetches behind new ones."""
+        assert self._pipeline is not None
+        busy = max(self._in_flight, self._pipeline.in_flight)
+        if busy >= self.cfg.max_queue:
+            raise HttpError(503, HttpKind.OVERLOADED,
+                            f"{busy} requests in flight (max_queue {self.cfg.max_queue}); "
+                            "retry later", retry_after_s=1)
+        # A fault is only known to last while some event still retries against it (the
+        # first success clears it); with nothing in flight, this request is the probe.
+        faults = self._pipeline.faults.active() if self._pipeline.in_flight else {}
+        needs = {MODEL} if kind is RequestKind.IMAGE else {MODEL, S3}
+        for dependency in sorted(needs & set(faults)):
+            raise HttpError(503, HttpKind.UNAVAILABLE,
+                            f"{dependency} is failing ({faults[dependency].cause}); retry later",
+                            retry_after_s=5)
 
     async def _predict_image(self, body: bytes) -> web.Response:
         outcome = await self._run(WorkItem(None, None, image=body))
@@ -244,11 +264,10 @@ class ModelServer:
         outcome = await self._run(WorkItem(None, request.event))
         prediction = _prediction_or_raise(outcome, from_s3=True)
         counter = self._model()
-        # The worker's own rule and threshold: the endpoint and the stream never disagree.
-        verdict = decide(predicted=prediction.count, confidence=prediction.confidence,
-                         expected=request.event.expected_quantity,
+        # The worker's own rule and thresholds: the endpoint and the stream never disagree.
+        verdict = decide(prediction, expected=request.event.expected_quantity,
                          supported_counts=counter.card.class_counts,
-                         uncertain_threshold=self.settings.worker.uncertain_threshold)
+                         policy=policy_for(counter.card, self.settings.worker))
         return web.json_response(event_body(prediction, request, verdict,
                                             model_version=counter.version,
                                             class_counts=counter.card.class_counts))

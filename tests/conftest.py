@@ -18,6 +18,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from sqlalchemy import Engine, create_engine, text
 
 from core.settings import Settings
+from devstack.clientenv import local_env, with_local_s3
 from devstack.services import LocalServices
 from migrations.runner import upgrade
 
@@ -40,7 +41,18 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
-    return Settings(environment="test")
+    # The product's S3 defaults are AWS's; the local stack sets its endpoint and keys.
+    return with_local_s3(Settings(environment="test"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_s3_env(base_settings: Settings) -> Iterator[None]:
+    """Child processes and CliRunner invocations build their own Settings from the
+    environment: point them at the local S3 like `eval "$(binaudit services env)"` does."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in local_env(base_settings).items():
+            mp.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +124,7 @@ def topic_factory(services: Settings) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def s3_client(services: Settings) -> Any:
     cfg = services.s3
+    assert cfg.access_key_id is not None and cfg.secret_access_key is not None
     return boto3.client(
         "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
         aws_access_key_id=cfg.access_key_id.get_secret_value(),
@@ -165,6 +178,23 @@ def model_artifact_factory(tmp_path_factory: pytest.TempPathFactory) -> Artifact
 @pytest.fixture(scope="session")
 def model_artifact(model_artifact_factory: ArtifactFactory) -> Path:
     return model_artifact_factory()
+
+
+@pytest.fixture(scope="session")
+def demo_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model ``make demo`` trains (``binaudit train quickstart``: ImageNet EfficientNet-Lite0,
+    frozen backbone, the sample's 1..5-item bins, calibrated and thresholded on validation),
+    at 128 px for 3 epochs so that it fits a CPU test run (minutes)."""
+    from typer.testing import CliRunner
+
+    from binaudit.cli import app
+
+    out = tmp_path_factory.mktemp("demo-models")
+    result = CliRunner().invoke(app, ["train", "quickstart", "--source-dir", str(sample_dir),
+                                      "--out", str(out), "--epochs", "3",
+                                      "--image-size", "128"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return (out / "current").resolve()
 
 
 def settings_env(**sections: dict[str, Any]) -> dict[str, str]:

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from core.cliutil import console, fail, settings_of
 from core.db import open_engine
 from core.model.card import ArtifactError, new_version
+from core.quality import headline
 from trainer import cli_recipe, data
 from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
 from trainer.config import FitConfig, read_hyperparameters
 from trainer.datasets import list_object_sizes
 from trainer.distributed import dist_info
-from trainer.evaluate import evaluate_artifact, write_evaluation
+from trainer.evaluate import calibrate_artifact, evaluate_artifact, write_evaluation
 from trainer.fetch import fetch_with_settings
 from trainer.registry import register_artifact
 from trainer.train import fit
@@ -264,7 +266,7 @@ def evaluate_cmd(
     out: Annotated[Path | None, Opt(help="JSON to write (default <artifact>/eval-<split>.json)")
                    ] = None,
 ) -> None:
-    """Accuracy, RMSE, per-class and off-by-one accuracy, confusion matrix of an artifact."""
+    """Accuracy, RMSE, confusion matrix, calibration and audit quality of an artifact."""
     try:
         result = evaluate_artifact(artifact, manifest, split=split)
     except ArtifactError as exc:
@@ -272,7 +274,31 @@ def evaluate_cmd(
     path = write_evaluation(result, out or artifact / f"eval-{split}.json")
     console.print(json.dumps({k: result[k] for k in ("n", "accuracy", "rmse",
                                                      "off_by_one_accuracy")}))
+    table = Table("audit quality (each image once with a correct, once with a wrong manifest)",
+                  "value")
+    for name, value in headline(result["audit_quality"]):
+        table.add_row(name, value)
+    console.print(table)
     console.print(f"written to {path}")
+
+
+@train_app.command("calibrate")
+def calibrate_cmd(
+    artifact: Path,
+    manifest: Path = DEFAULT_MANIFEST,
+    split: Annotated[str, Opt(help="Split to fit on (never the test split you report).")
+                     ] = "val",
+    target_false_alarm_rate: Annotated[float, Opt(min=0.0, max=1.0)] = 0.05,
+) -> None:
+    """(Re)fit an artifact's temperature and decision thresholds on a split; rewrites its card."""
+    try:
+        card = calibrate_artifact(artifact, manifest, split=split, target=target_false_alarm_rate)
+    except (ArtifactError, ValueError) as exc:
+        fail(str(exc))
+    cal, dec = card.calibration, card.decision
+    console.print(f"{card.version}: temperature {cal.temperature:.3f} (ECE {cal.ece_before} -> "
+                  f"{cal.ece_after}); match when P >= {dec.match_min_p:.4f}, mismatch when "
+                  f"1 - P >= {dec.mismatch_min_score:.4f}; measured on {split}: {dec.measured}")
 
 
 @train_app.command("quickstart")

@@ -13,12 +13,12 @@ import numpy as np
 import typer
 
 from core.cliutil import console, fail
-from core.model.card import Calibration, new_version
-from core.scoring import distribution_metrics, expected_calibration_error
+from core.model.calibration import calibrate
+from core.model.card import new_version
 from trainer import cv, data
 from trainer.datasets import Decode
 from trainer.featcache import DEFAULT_CUT, build_cache, load_cache
-from trainer.recipes import DESCRIPTIONS, RECIPES, choose_decision, export_counter
+from trainer.recipes import DESCRIPTIONS, RECIPES, export_counter
 from trainer.tail import TailConfig, as_distribution, predict_logits, train
 from trainer.train import code_version
 
@@ -59,6 +59,9 @@ def cv_cmd(
     results_json: Path = Path("trainer/results/cv.json"),
     epochs: Annotated[int | None, Opt(help="Override every recipe's epochs (quick runs).")
                       ] = None,
+    tail_epochs: Annotated[int | None, Opt(
+        help="Override the epochs of fine-tuning (tail) recipes only, when a CPU cannot "
+             "afford k full fits; recorded in the results.")] = None,
 ) -> None:
     """Stratified k-fold CV of the recipes; writes the table into RESULTS.md and a JSON."""
     names = recipe or list(RECIPES)
@@ -68,7 +71,8 @@ def cv_cmd(
     head_only = all(RECIPES[n].mode != "tail" for n in names)
     loaded = load_cache(cache, pooled=head_only)
     # How much of the backbone is frozen is a property of the cache.
-    recipes = {n: _with_epochs(RECIPES[n], epochs).model_copy(
+    recipes = {n: _with_epochs(RECIPES[n], tail_epochs if RECIPES[n].mode == "tail" and
+                               tail_epochs is not None else epochs).model_copy(
         update={"cut": int(loaded.meta["cut"])}) for n in names}
     if not head_only:
         pooled = load_cache(cache, pooled=True)
@@ -81,9 +85,12 @@ def cv_cmd(
                "repeats": repeats, "seconds": time.perf_counter() - started,
                "image_size": loaded.meta["size"], "decode": "draft" if loaded.meta["draft"]
                else "full", "cut": loaded.meta["cut"], "code_version": code_version()}
-    cv.write_results(results, recipes, DESCRIPTIONS, json_path=results_json,
+    descriptions = {n: DESCRIPTIONS[n] + (f" ({cfg.epochs} epochs in CV)"
+                                          if cfg.epochs != RECIPES[n].epochs else "")
+                    for n, cfg in recipes.items()}
+    cv.write_results(results, recipes, descriptions, json_path=results_json,
                      markdown=results_md, context=context)
-    console.print(cv.markdown_table(cv.summarize(results), DESCRIPTIONS))
+    console.print(cv.markdown_table(cv.summarize(results), descriptions))
     console.print(f"written to {results_md} and {results_json}")
 
 
@@ -97,6 +104,9 @@ def counter_cmd(
     half: Annotated[bool, Opt(help="Store float16 weights (a few MB).")] = True,
     seed: int = 0,
     epochs: Annotated[int | None, Opt(help="Override the recipe's epochs.")] = None,
+    calibration_ids: Annotated[Path | None, Opt(
+        help="Ids (one a line) that the temperature and thresholds are fitted on, within the "
+             "validation split: images like production's (e.g. full-size originals).")] = None,
 ) -> None:
     """Train the shipped counter: fit on the cache, calibrate and choose thresholds on a
     validation split, write a standard artifact (model.pt + model.json)."""
@@ -111,17 +121,17 @@ def counter_cmd(
     val_counts = loaded.counts[val_idx]
     logits = predict_logits(part, loaded.features, val_idx, cfg)
     inside = (val_counts >= cfg.first_count) & (val_counts < cfg.first_count + cfg.classes)
-    temperature = cv.fit_temperature(logits[inside], cfg.targets(val_counts[inside]))
-    probs = as_distribution(logits, cfg, temperature)
-    raw = as_distribution(logits, cfg)
-    covered = val_counts < probs.shape[1]
-    calibration = Calibration(
-        temperature=temperature,
-        ece_before=expected_calibration_error(raw[covered], val_counts[covered]),
-        ece_after=expected_calibration_error(probs[covered], val_counts[covered]))
-    decision = choose_decision(probs[covered], val_counts[covered],
-                               target_false_alarm_rate=target_false_alarm_rate)
-    metrics = {f"val_{k}": v for k, v in distribution_metrics(probs, val_counts).items()}
+    if calibration_ids is not None:
+        wanted = set(calibration_ids.read_text().split())
+        inside &= np.array([loaded.ids[i] in wanted for i in val_idx])
+        console.print(f"calibrating on {int(inside.sum())} validation bins of {calibration_ids}")
+    # Temperature, ECE and thresholds on the validation bins the classes cover.
+    calibration, decision = calibrate(
+        logits[inside], cfg.targets(val_counts[inside]), class_counts=cfg.class_counts(),
+        target=target_false_alarm_rate, decoding=cfg.decoding)
+    probs = as_distribution(logits, cfg, calibration.temperature)
+    metrics = {f"val_{k}": v for k, v in
+               cv.distribution_metrics(probs, val_counts, decoding=cfg.decoding).items()}
     version = new_version("efficientnet_lite0")
     directory = export_counter(
         full, cfg, out or Path("artifacts/models") / version, version=version,
@@ -129,10 +139,12 @@ def counter_cmd(
         calibration=calibration, decision=decision, metrics=metrics,
         data_fingerprint=_fingerprint(loaded.ids, loaded.counts), code_version=code_version(),
         half=half)
-    console.print(f"counter {version} -> {directory}: val accuracy 1-5 "
-                  f"{metrics['val_accuracy_1_5']:.3f}, RMSE 1-5 {metrics['val_rmse_1_5']:.3f}, "
-                  f"AUROC {metrics['val_auroc_off_by_one_1_5']:.3f}, T={temperature:.2f}, "
-                  f"ECE {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}")
+    console.print(f"counter {version} -> {directory}: validation "
+                  f"accuracy 1-5 {metrics['val_accuracy_1_5']:.3f}, "
+                  f"RMSE 1-5 {metrics['val_rmse_1_5']:.3f}, "
+                  f"AUROC {metrics['val_auroc_off_by_one_1_5']:.3f}, "
+                  f"T={calibration.temperature:.2f}, ECE {calibration.ece_before} -> "
+                  f"{calibration.ece_after}; thresholds {decision.model_dump()}")
 
 
 def _with_epochs(cfg: TailConfig, epochs: int | None) -> TailConfig:

@@ -45,6 +45,9 @@ class FitConfig(BaseModel):
     evaluate_test: bool = True
     write_artifact: bool = True
     progress: bool = True
+    # Decision thresholds are chosen on validation for this share of correct manifests
+    # flagged mismatch (core.model.calibration.choose_policy).
+    target_false_alarm_rate: float = Field(0.05, gt=0, lt=1)
     debug_rank_metrics: bool = False  # test hook: each rank writes its all-reduced metrics
 
     @field_validator("freeze")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from core.scoring import distribution_metrics, expected_calibration_error
+from core.model.calibration import expected_calibration_error, fit_temperature
+from core.quality import auroc
+from core.scoring import decode_counts, p_of_count
 from trainer.featcache import FeatureCache
 from trainer.tail import TailConfig, as_distribution, predict_logits, train
 
@@ -54,21 +54,40 @@ def stratified_parts(counts: np.ndarray, fractions: Sequence[float], seed: int
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation NLL (LBFGS on log T, started at T=1)."""
-    z = torch.from_numpy(logits).double()
-    y = torch.from_numpy(labels).long()
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100)
+def off_by_one_auroc(probs: np.ndarray, true_counts: np.ndarray) -> float:
+    """How well 1 - P(manifest) ranks manifests off by one item (true +- 1) above correct
+    ones (the audit's discrepancy score; ``probs`` over counts 0..K-1)."""
+    correct = 1 - p_of_count(probs, true_counts)
+    down = true_counts >= 1
+    wrong = np.concatenate([1 - p_of_count(probs, true_counts + 1),
+                            1 - p_of_count(probs[down], true_counts[down] - 1)])
+    scores = np.concatenate([wrong, correct])
+    return auroc(scores.tolist(), [True] * len(wrong) + [False] * len(correct))
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    return float(log_t.detach().exp())
+def distribution_metrics(probs: np.ndarray, true_counts: np.ndarray, *, first: int = 1,
+                         last: int = 5, decoding: str = "argmax") -> dict[str, float]:
+    """The counter's quality from distributions over counts 0..K-1 (``decoding``: the count
+    each distribution stands for, as the model card says).
+
+    Accuracy, RMSE and off-by-one accuracy on bins with ``first``..``last`` items (where the
+    reference and the product targets are defined); coverage (share of all bins whose count is
+    a class); ECE on covered bins; AUROC of the discrepancy score for off-by-one manifests.
+    """
+    predicted = decode_counts(probs, decoding)
+    band = (true_counts >= first) & (true_counts <= last)
+    err = (predicted[band] - true_counts[band]).astype(float)
+    covered = true_counts < probs.shape[1]
+    nan = float("nan")
+    return {
+        "n": float(len(true_counts)),
+        "accuracy_1_5": float((err == 0).mean()) if band.any() else nan,
+        "rmse_1_5": float(np.sqrt((err ** 2).mean())) if band.any() else nan,
+        "off_by_one_1_5": float((np.abs(err) <= 1).mean()) if band.any() else nan,
+        "coverage": float(covered.mean()),
+        "ece": expected_calibration_error(probs[covered], true_counts[covered]),
+        "auroc_off_by_one_1_5": off_by_one_auroc(probs[band], true_counts[band]),
+    }
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,8 @@ def run_fold(cache: FeatureCache, train_idx: np.ndarray, eval_idx: np.ndarray,
         temperature = fit_temperature(cal_logits, cfg.targets(cal_counts[inside]))
     logits = predict_logits(part, cache.features, eval_idx, cfg)
     counts = cache.counts[eval_idx]
-    metrics = distribution_metrics(as_distribution(logits, cfg, temperature), counts)
+    metrics = distribution_metrics(as_distribution(logits, cfg, temperature), counts,
+                                   decoding=cfg.decoding)
     raw = as_distribution(logits, cfg)
     covered = counts < raw.shape[1]
     metrics["ece_uncalibrated"] = expected_calibration_error(raw[covered], counts[covered])

@@ -34,8 +34,8 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-from tqdm import tqdm
 
+from core.progress import progress as progress_of
 from core.s3 import open_abid_client
 from core.settings import AbidSourceSettings
 from schemas.abid import AbidMetadata
@@ -296,7 +296,7 @@ async def fetch_abid(ids: Sequence[str], *, source: ObjectSource, out_dir: Path,
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     fetcher = _Fetcher(source, out_dir, retry or RetryPolicy())
     gate = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(ids), unit="img", desc="fetch", disable=not progress)
+    bar = progress_of(total=len(ids), unit="img", desc="fetch", disable=not progress)
     moved = 0
 
     async def one(image_id: str) -> FetchResult:

@@ -51,6 +51,8 @@ class TailConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     drop_connect: float = Field(0.2, ge=0, lt=1)
     tta: bool = True
+    # The count a distribution stands for, written into the model card (core.model.card).
+    decoding: Literal["argmax", "median"] = "argmax"
     seed: int = 0
     cut: int = DEFAULT_CUT
 

@@ -30,6 +30,7 @@ from core.scoring import counting_metrics, majority_baseline, scalar_metrics
 from core.settings import S3Settings
 from trainer import checkpoint as ckpt
 from trainer import distributed as d
+from trainer.calibrate import calibrate_on_validation
 from trainer.config import FitConfig
 from trainer.data import Manifest, ManifestItem, read_manifest
 from trainer.datasets import CountingImages, Decode, make_loader
@@ -176,9 +177,10 @@ def _progress_bar(config: FitConfig, info: d.DistInfo, epoch: int, total: int
                   ) -> tuple[Any, Callable[[int, float, float], None] | None]:
     if not (config.progress and info.is_main):
         return None, None
-    from tqdm import tqdm
+    from core.progress import progress
 
-    bar = tqdm(total=total, desc=f"epoch {epoch}/{config.epochs}", unit="img", leave=False)
+    bar = progress(total=total, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+                   leave=False)
 
     def update(n: int, loss: float, rate: float) -> None:
         bar.update(n * info.world_size)
@@ -243,6 +245,7 @@ def _write_outputs(config: FitConfig, manifest: Manifest, model: nn.Module, resu
             version=config.version, architecture=config.model, class_counts=manifest.classes,
             input_size=config.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             decode=config.decode,
+            calibration=result.extra["calibration"], decision=result.extra["decision"],
             metrics=card_metrics, data_fingerprint=manifest.fingerprint,
             hyperparameters=config.hyperparameters(), created_at=datetime.now(UTC),
             code_version=code_version())
@@ -319,6 +322,10 @@ def _fit(config: FitConfig, info: d.DistInfo, device: torch.device,
                                                            evals["test"], pre)
     elif state.best_weights is not None:
         ckpt.unwrap(model).load_state_dict(state.best_weights)
+    if config.write_artifact:
+        result.extra["calibration"], result.extra["decision"] = calibrate_on_validation(
+            model, evals["val"], pre, class_counts=manifest.classes,
+            target=config.target_false_alarm_rate)
     if info.is_main and (config.write_artifact or config.save_checkpoints):
         _write_outputs(config, manifest, model, result)
     d.barrier()

@@ -4,7 +4,9 @@ Delivery is at-least-once with idempotent writes, so effectively once:
 rows of a batch are written in one transaction (ON CONFLICT DO NOTHING), then the next
 offsets are committed; commits also run on partition revoke and on shutdown. A bad message
 becomes a dead-letter row and its offset advances; a broken dependency (Postgres, S3) pauses
-consumption and is retried, and no offset passes an unwritten row.
+consumption and is retried, and no offset passes an unwritten row. So does a failing S3 (denied,
+bucket gone, unreachable) or a failing model: the pipeline retries, the worker pauses its
+partitions and raises the alert (``worker/health.py``), and resumes when the fault clears.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.producer import EventProducer
 from core.settings import Settings
+from inference.compare import policy_for
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
 from inference.outcomes import dead_letter_record, verdict_records
@@ -32,6 +35,7 @@ from inference.positions import Position, TopicPartitionKey
 from inference.retries import RetryBudget
 from schemas.events import decode_event
 from schemas.records import EventError
+from worker.health import WorkerHealth
 from worker.io.kafka_source import EventSource
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
 from worker.metrics import HealthServer, WorkerMetrics
@@ -71,13 +75,16 @@ class Worker:
         self._commit_retry_at = 0.0
         self._backoff = self.cfg.retry_backoff_initial_s
         self._paused = False
+        self._faulty = False  # a dependency (S3, the model) is failing right now
         self._last_activity = time.monotonic()
-        self._ready = False
+        self._idle_checked_at = 0.0
+        self.health = WorkerHealth(self.metrics, self.cfg.health_stall_s)
         self._dlq: EventProducer | None = None
 
     # ---- public ---------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         log.info("stop requested: draining in-flight events")
+        self.health.stopping = True
         self._stop.set()
 
     def run(self) -> RunStats:
@@ -91,6 +98,10 @@ class Worker:
             warm = counter.warm_up((1, min(8, self.cfg.max_batch_size)))
             log.info("model %s warmed up in %.2fs", counter.version, warm)
             self.counter = counter
+            self.policy = policy_for(counter.card, self.cfg)
+            log.info("decision policy: match when P(manifest count) >= %.4f, mismatch when "
+                     "1 - P >= %.4f (%s)", self.policy.match_min_p,
+                     self.policy.mismatch_min_score, self.policy.chosen_on or "card defaults")
             self.sink = stack.enter_context(ResultSink(self.settings.db))
             self._register_model()
             fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
@@ -99,10 +110,10 @@ class Worker:
                          if self.settings.kafka.dlq_topic else None)
             if self.cfg.metrics_port is not None:
                 stack.enter_context(HealthServer(self.cfg.metrics_port, self.metrics.registry,
-                                                 lambda: self._ready))
+                                                 self.health.healthy, self.health.ready))
             self.source = stack.enter_context(EventSource(
                 self.settings.kafka, on_revoke=self._on_revoke, on_assign=self._on_assign))
-            self._ready = True
+            self.health.started = True
             self._loop()
             self._shutdown()
         self.stats.finished_at = time.monotonic()
@@ -133,6 +144,8 @@ class Worker:
         last_lag = 0.0
         self._last_activity = time.monotonic()
         while not self._stop.is_set():
+            self.health.turned()
+            self._faulty = bool(self.health.watch(self.pipeline.faults))
             self._collect()
             self._write_and_commit()
             self._apply_backpressure()
@@ -150,10 +163,13 @@ class Worker:
                           self.cfg.max_in_flight - self.tracker.in_flight()))
 
     def _apply_backpressure(self) -> None:
-        # Pause when the pipeline is full or Postgres is down; resume at half, so the
-        # consumer keeps calling poll() (group membership) without taking more records.
+        # Pause when the pipeline is full, Postgres is down, or S3/the model is failing while
+        # events wait on it (with nothing in flight, new records are the probe that finds
+        # out whether it is back); resume at half, so the consumer keeps calling poll()
+        # (group membership) without taking more records.
         in_flight = self.tracker.in_flight()
-        should_pause = in_flight >= self.cfg.max_in_flight or self._sink_failed
+        should_pause = (in_flight >= self.cfg.max_in_flight or self._sink_failed
+                        or (self._faulty and in_flight > 0))
         if should_pause and not self._paused:
             self.source.pause_all()
             self._paused = True
@@ -195,8 +211,7 @@ class Worker:
             verdict, discrepancy = verdict_records(
                 event=item.event, topic=pos.topic, partition=pos.partition, offset=pos.offset,
                 prediction=outcome.prediction, model_version=self.counter.version,
-                supported_counts=self.counter.card.class_counts,
-                uncertain_threshold=self.cfg.uncertain_threshold)
+                supported_counts=self.counter.card.class_counts, policy=self.policy)
             self._pending.verdicts.append(verdict)
             if discrepancy is not None:
                 self._pending.discrepancies.append(discrepancy)
@@ -290,6 +305,7 @@ class Worker:
         if self.source.commit(offsets):
             self.tracker.mark_committed(offsets)
             self.metrics.commits.inc()
+            self.health.committed()
             self._commit_retry_at = 0.0
         else:
             # Broker down or group rebalancing: rows keep being written meanwhile, and a later
@@ -357,6 +373,10 @@ class Worker:
         lags = self.source.lag() or {}
         for tp, lag in lags.items():
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        committed = self.source.committed_lag()
+        for tp, lag in (committed or {}).items():
+            self.metrics.committed_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.health.backlog(None if committed is None else sum(committed.values()))
         written = sum(self.stats.verdicts.values()) + sum(self.stats.dead_letters.values())
         # Progress for people watching a long drain (the demo, a backlog after an outage).
         log.info("progress: %d events taken, %d written (%.1f/s), %d in flight, lag %d%s",
@@ -365,16 +385,17 @@ class Worker:
                  ", paused" if self._paused else "")
 
     def _idle_long_enough(self) -> bool:
+        """Idle means the group has nothing left: on every partition of the topic, whoever
+        owns it, the committed offset is the end offset. What this member was assigned
+        lately says nothing (a rebalance may be about to hand it a dead member's work)."""
         idle = self.cfg.exit_when_idle_s
         if idle is None or self.tracker.in_flight() or self._pending_positions:
             return False
-        quiet = time.monotonic() - self._last_activity
-        if quiet < idle:
+        now = time.monotonic()
+        if now - self._last_activity < idle or now - self._idle_checked_at < 1.0:
             return False
-        lags = self.source.lag()
+        self._idle_checked_at = now
+        lags = self.source.committed_lag(whole_topic=True)
         if lags is None:
-            return False  # the broker is down: an outage is not the end of the topic
-        if not lags:
-            # No partitions (yet): a group join can take a while; give it longer.
-            return quiet >= 3 * idle
+            return False  # the broker cannot say: an outage is not the end of the topic
         return all(lag == 0 for lag in lags.values())

@@ -1,4 +1,4 @@
-"""`binaudit worker`: run one consumer-group member until stopped."""
+"""`binaudit worker` (one consumer-group member until stopped) and `binaudit dlq redrive`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from typing import Annotated
 
 import typer
 
-from core.cliutil import console, fail, settings_of, with_overrides
+from core.cliutil import check_device, console, fail, settings_of, with_overrides
+from core.db import open_engine
 from core.model.card import ArtifactError
+from core.timewindow import parse_time
+from schemas.records import ErrorKind
 from worker.app import Worker
+from worker.redrive import RedriveFilter, redrive
+
+dlq_app = typer.Typer(help="Dead letters: re-drive them once their cause is fixed.")
 
 
 def worker(
@@ -32,6 +38,7 @@ def worker(
                 "max_wait_ms": max_wait_ms, "device": device, "metrics_port": metrics_port,
                 "exit_when_idle_s": exit_when_idle},
     )
+    check_device(settings.worker.device)
     try:
         stats = Worker(settings).run()
     except ArtifactError as exc:
@@ -41,6 +48,38 @@ def worker(
                   f"verdicts {stats.verdicts}; dead letters {stats.dead_letters}")
 
 
+@dlq_app.command("redrive")
+def dlq_redrive(
+    ctx: typer.Context,
+    kind: Annotated[list[str] | None, typer.Option(
+        help=f"Only this error kind (repeatable): {', '.join(k.value for k in ErrorKind)}")] = None,
+    since: Annotated[str | None, typer.Option(help="First seen at or after (ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="First seen before (ISO 8601)")] = None,
+    source_topic: Annotated[str | None, typer.Option(
+        help="Only letters that came from this topic")] = None,
+    topic: Annotated[str | None, typer.Option(
+        help="Republish to this topic (default: the topic each letter came from)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be sent; send nothing")] = False,
+) -> None:
+    """Republish stored dead-letter payloads (after a fix) and mark them re-driven; a second
+    run sends nothing again."""
+    settings = settings_of(ctx)
+    try:
+        kinds = tuple(ErrorKind(k) for k in kind or ())
+        flt = RedriveFilter(kinds=kinds, since=parse_time(since) if since else None,
+                            until=parse_time(until) if until else None,
+                            source_topic=source_topic)
+    except ValueError as exc:
+        fail(f"invalid option: {exc}")
+    with open_engine(settings.db) as engine:
+        report = redrive(engine, settings.kafka, flt, to_topic=topic, dry_run=dry_run)
+    verb = "would re-drive" if dry_run else "re-drove"
+    console.print(f"{verb} {report.sent if not dry_run else sum(report.by_kind.values())} "
+                  f"dead letters {dict(report.by_kind)}; {report.unsendable} without a "
+                  f"complete payload left as they are")
+
+
 def register(app: typer.Typer) -> None:
     """Mount the worker room's commands on the root app."""
     app.command("worker")(worker)
+    app.add_typer(dlq_app, name="dlq")

@@ -28,8 +28,13 @@ class WorkerMetrics(PipelineMetrics):
                               registry=r)
         self.dead_letters = Counter("binaudit_dead_letters_total", "Dead letters by kind",
                                     ["kind"], registry=r)
-        self.lag = Gauge("binaudit_consumer_lag", "Records behind the end offset",
+        self.lag = Gauge("binaudit_consumer_lag",
+                         "Records between this member's fetch position and the end offset",
                          ["topic", "partition"], registry=r)
+        self.committed_lag = Gauge(
+            "binaudit_consumer_committed_lag",
+            "Records between the group's committed offset and the end offset (the backlog "
+            "that is not durable yet)", ["topic", "partition"], registry=r)
         self.in_flight = Gauge("binaudit_in_flight", "Events taken from Kafka, not yet written",
                                registry=r)
         self.commits = Counter("binaudit_offset_commits_total", "Offset commits", registry=r)
@@ -38,20 +43,28 @@ class WorkerMetrics(PipelineMetrics):
                                      registry=r)
         self.paused = Gauge("binaudit_paused", "1 while partitions are paused (backpressure)",
                             registry=r)
+        # The alert: 1 while a dependency fails (S3 denied/unreachable, the model raising).
+        self.dependency_down = Gauge("binaudit_dependency_down",
+                                     "1 while a dependency is failing (alert on it)",
+                                     ["dependency"], registry=r)
+        self.outages = Counter("binaudit_dependency_outages_total",
+                               "Times a dependency started failing", ["dependency"], registry=r)
 
 
 class HealthServer:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 when ``healthy()``)."""
+    """``/metrics`` (Prometheus text), ``/healthz`` (liveness: 200 when ``healthy()``) and
+    ``/readyz`` (200 when ``ready()``)."""
 
     def __init__(self, port: int, registry: CollectorRegistry,
-                 healthy: Callable[[], bool]) -> None:
+                 healthy: Callable[[], bool], ready: Callable[[], bool] | None = None) -> None:
         self.port = port
         self.registry = registry
         self.healthy = healthy
+        self.ready = ready or healthy
         self._server: ThreadingHTTPServer | None = None
 
     def __enter__(self) -> HealthServer:
-        registry, healthy = self.registry, self.healthy
+        registry, healthy, ready = self.registry, self.healthy, self.ready
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -60,6 +73,10 @@ class HealthServer:
                 elif self.path.startswith("/healthz"):
                     ok = healthy()
                     body, ctype, code = (b"ok" if ok else b"unhealthy"), "text/plain", (
+                        200 if ok else 503)
+                elif self.path.startswith("/readyz"):
+                    ok = ready()
+                    body, ctype, code = (b"ready" if ok else b"not ready"), "text/plain", (
                         200 if ok else 503)
                 else:
                     body, ctype, code = b"not found", "text/plain", 404
@@ -75,7 +92,7 @@ class HealthServer:
         self._server = ThreadingHTTPServer(("0.0.0.0", self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
-        log.info("metrics and health on :%d (/metrics, /healthz)", self.port)
+        log.info("metrics and health on :%d (/metrics, /healthz, /readyz)", self.port)
         return self
 
     def __exit__(self, *exc: object) -> None:

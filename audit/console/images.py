@@ -21,7 +21,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from core.settings import Settings
 from schemas.abid import AbidMetadata
@@ -94,6 +94,10 @@ def metadata_key(image_key: str) -> str | None:
     return str(path.parent.parent / "metadata" / f"{path.stem}.json")
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 class ImageStore:
     def __init__(self, settings: Settings) -> None:
         cfg = settings.s3
@@ -101,9 +105,9 @@ class ImageStore:
         self.thumb_px = settings.console.thumbnail_px
         self._client = boto3.client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
-            aws_access_key_id=None if cfg.anonymous else cfg.access_key_id.get_secret_value(),
-            aws_secret_access_key=(None if cfg.anonymous
-                                   else cfg.secret_access_key.get_secret_value()),
+            # Unset keys (the default): botocore's credential chain, like every AWS tool.
+            aws_access_key_id=_secret(None if cfg.anonymous else cfg.access_key_id),
+            aws_secret_access_key=_secret(None if cfg.anonymous else cfg.secret_access_key),
             config=Config(connect_timeout=cfg.connect_timeout_s,
                           read_timeout=min(cfg.read_timeout_s, 10.0),
                           retries={"max_attempts": 2, "mode": "standard"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,8 @@ import torch
 from torch import nn
 
 from core.model.card import ArtifactError
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("efficientnet_b4", "efficientnet_lite0")
 # torchvision's file name for EfficientNet_B4_Weights.IMAGENET1K_V1 in the torch hub cache.
@@ -36,17 +40,38 @@ def default_weights(architecture: str) -> Path:
     raise ArtifactError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
+def _missing(architecture: str, path: Path) -> ArtifactError:
+    hint = ""
+    if architecture == "efficientnet_b4":
+        hint = (
+            f" Download {B4_WEIGHTS_FILE} (torchvision EfficientNet_B4_Weights.IMAGENET1K_V1, "
+            f"https://download.pytorch.org/models/{B4_WEIGHTS_FILE}) and put it at "
+            f"{b4_weights_path()}, or pass --weights PATH, or --weights none to train "
+            "from scratch."
+        )
+    return ArtifactError(f"pretrained weights for {architecture} not found at {path}.{hint}")
+
+
+def _download_b4(path: Path) -> None:
+    """Let torchvision fetch the B4 weights into the torch hub cache, as it does for every
+    user; offline (or any failure), the caller says where to put the file by hand."""
+    from torchvision.models import EfficientNet_B4_Weights
+
+    try:
+        EfficientNet_B4_Weights.IMAGENET1K_V1.get_state_dict(progress=sys.stderr.isatty())
+    except Exception as exc:  # offline, proxy, disk full: all mean "not available here"
+        log.warning("could not download %s (%s)", B4_WEIGHTS_FILE, exc)
+        raise _missing("efficientnet_b4", path) from exc
+    if not path.is_file():  # torchvision changed its cache layout
+        raise _missing("efficientnet_b4", path)
+    log.info("downloaded %s to %s", B4_WEIGHTS_FILE, path)
+
+
 def _read_weights(architecture: str, path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        hint = ""
-        if architecture == "efficientnet_b4":
-            hint = (
-                f" Download {B4_WEIGHTS_FILE} (torchvision EfficientNet_B4_Weights.IMAGENET1K_V1, "
-                f"https://download.pytorch.org/models/{B4_WEIGHTS_FILE}) and put it at "
-                f"{b4_weights_path()}, or pass --weights PATH, or --weights none to train "
-                "from scratch."
-            )
-        raise ArtifactError(f"pretrained weights for {architecture} not found at {path}.{hint}")
+        if architecture != "efficientnet_b4" or path != b4_weights_path():
+            raise _missing(architecture, path)
+        _download_b4(path)  # `--weights default`, not cached yet
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ArtifactError(f"{path} does not hold a state dict")

@@ -36,8 +36,11 @@ class Calibration(BaseModel):
 class DecisionPolicy(BaseModel):
     """Selective verdicts from the calibrated probability of the manifest's count ``p``:
     ``mismatch`` when ``1 - p >= mismatch_min_score``, ``match`` when ``p >= match_min_p``,
-    ``uncertain`` otherwise. Chosen by the trainer on validation for a target false-alarm rate
-    (share of correct manifests flagged mismatch); settings may override each threshold.
+    ``uncertain`` otherwise (a mismatch also needs the model to prefer another count). A
+    threshold of exactly 1 decides nothing (no mismatch, or no match): what the trainer writes
+    when the validation split is too small to promise the target. Chosen by the trainer on
+    validation for a target false-alarm rate (share of correct manifests flagged mismatch,
+    ``core.model.calibration.choose_policy``); settings may override each threshold.
 
     A card without one gets these defaults: a mismatch needs P(manifest count) <= 0.05 and a
     match needs P(manifest count) >= 0.5.
@@ -69,6 +72,9 @@ class ModelCard(BaseModel):
     # libjpeg downscale in the DCT domain (faster). Training and inference use the same policy
     # (core.model.preprocess); cards from format 1 were trained on full decodes.
     decode: Literal["full", "draft"] = "full"
+    # Which count a distribution stands for: the most likely one (argmax), or its median,
+    # which lowers the RMSE of an ordinal count when the model is unsure (trainer/RESULTS.md).
+    count_decoding: Literal["argmax", "median"] = "argmax"
     calibration: Calibration = Calibration()
     decision: DecisionPolicy = DecisionPolicy()
     metrics: dict[str, float] = {}

@@ -126,7 +126,10 @@ def recorded(services: Settings, sample_dir: Path,
                 "kafka": base.kafka.model_copy(update={"group_id": f"g-{version}"}),
                 "worker": base.worker.model_copy(update={
                     "model_path": model, "exit_when_idle_s": 2.0, "metrics_port": None,
-                    "device": "cpu"})})).run()
+                    "device": "cpu",
+                    # Untrained models: the argmax rule (every disagreement is a mismatch)
+                    # gives the auditors' queue rows to filter.
+                    "match_min_p": 0.0, "mismatch_min_score": 0.0})})).run()
         yield Recorded(base, engine, *versions)
     finally:
         engine.dispose()
@@ -142,9 +145,10 @@ def _cli(rec: Recorded, *args: str) -> Any:
 
 
 def _ids(rec: Recorded, where: str, **params: Any) -> list[int]:
+    """Discrepancy ids in the auditors' order: highest score first, then id."""
     sql = ("SELECT d.id FROM discrepancies d JOIN audit_results a "
            "ON a.event_id = d.event_id AND a.model_version = d.model_version "
-           f"WHERE {where} ORDER BY d.id")
+           f"WHERE {where} ORDER BY d.discrepancy_score DESC NULLS LAST, d.id")
     with rec.engine.connect() as conn:
         return [int(i) for i in conn.execute(text(sql), params).scalars()]
 
@@ -167,8 +171,11 @@ def test_mismatch_filters_equal_direct_queries(recorded: Recorded) -> None:
         ).scalar_one())
         a_bin = conn.execute(text("SELECT bin_id FROM discrepancies ORDER BY id LIMIT 1")
                              ).scalar_one()
+        score = float(conn.execute(text(
+            "SELECT percentile_cont(0.7) WITHIN GROUP (ORDER BY discrepancy_score) "
+            "FROM discrepancies")).scalar_one())
     since, until = T0 + timedelta(minutes=10), T0 + timedelta(minutes=70)
-    c = f"{confidence:.6f}"
+    c, sc = f"{confidence:.6f}", f"{score:.6f}"
     combos: list[tuple[list[str], str, dict[str, Any]]] = [
         ([], "TRUE", {}),
         (["--station", "st-south"], "a.station_id = 'st-south'", {}),
@@ -183,6 +190,8 @@ def test_mismatch_filters_equal_direct_queries(recorded: Recorded) -> None:
          "a.status = 'mismatch' AND d.review_state = 'open' AND a.station_id = 'st-north' "
          "AND d.confidence >= :c AND d.model_version = :v", {"c": float(c), "v": rec.model_a}),
         (["--status", "match"], "a.status = 'match'", {}),
+        (["--min-score", sc, "--station", "st-north"],
+         "d.discrepancy_score >= :sc AND a.station_id = 'st-north'", {"sc": float(sc)}),
     ]
     for args, where, params in combos:
         expected = _ids(rec, where, **params)
@@ -205,12 +214,16 @@ def test_mismatch_filters_equal_direct_queries(recorded: Recorded) -> None:
             break
         paged += chunk
     keyset: list[int] = []
-    after = 0
-    while chunk := [r["discrepancy_id"]
-                    for r in _listed(rec, "--limit", "9", "--after-id", str(after))]:
+    after: list[str] = []
+    while chunk := [r["discrepancy_id"] for r in _listed(rec, "--limit", "9", *after)]:
         keyset += chunk
-        after = chunk[-1]
+        after = ["--after-id", str(chunk[-1])]
     assert paged == keyset == everything
+    scores = [r["discrepancy_score"] for r in _listed(rec, "--limit", "10000")]
+    assert scores == sorted(scores, reverse=True) and all(0 <= x <= 1 for x in scores)
+    by_id = [r["discrepancy_id"] for r in _listed(rec, "--limit", "10000", "--order", "id",
+                                                  "--after-id", "0")]
+    assert by_id == sorted(everything)
 
     bad = _cli(rec, "mismatches", "--review-state", "maybe")
     assert bad.exit_code == 2 and "review_state" in bad.output

@@ -12,7 +12,7 @@ import torch
 
 from core.model.architectures import build_model
 from core.model.artifact import find_latest_artifact, load_artifact, save_artifact
-from core.model.card import ArtifactError, ModelCard
+from core.model.card import ArtifactError, Calibration, DecisionPolicy, ModelCard, read_card
 from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_uint8
 
 
@@ -85,9 +85,44 @@ def test_find_latest_artifact(tmp_path: Path) -> None:
     assert find_latest_artifact(tmp_path / "absent") is None
 
 
-def test_missing_b4_weights_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_b4_weights_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Not cached: torchvision is asked to download them (as for every user); when that
+    fails (offline: here a proxy that refuses, so the test never reaches the internet) the
+    message says where to put the file."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
     expected = tmp_path / "checkpoints" / "efficientnet_b4_rwightman-23ab8bcd.pth"
     with pytest.raises(ArtifactError, match=f"put it at {expected}"):
         build_model("efficientnet_b4", 5, weights="default")
+    assert "could not download efficientnet_b4_rwightman-23ab8bcd.pth" in caplog.text
     assert build_model("efficientnet_b4", 5, weights=None).classifier[1].out_features == 5
+
+
+def test_calibration_and_thresholds_round_trip_through_the_card(tmp_path: Path) -> None:
+    calibration = Calibration(temperature=2.37, ece_before=0.21, ece_after=0.04)
+    decision = DecisionPolicy(match_min_p=0.83, mismatch_min_score=0.991,
+                              target_false_alarm_rate=0.05,
+                              measured={"false_alarm_rate": 0.031, "off_by_one_recall": 0.4},
+                              chosen_on="validation")
+    card = _card().model_copy(update={"calibration": calibration, "decision": decision})
+    directory = save_artifact(tmp_path / "cal", build_model("efficientnet_lite0", 5), card)
+    loaded = read_card(directory)
+    assert loaded.calibration == calibration and loaded.decision == decision
+    assert loaded == card
+
+
+def test_an_old_card_without_calibration_still_loads(artifact: Path) -> None:
+    raw = json.loads((artifact / "model.json").read_text())
+    for key in ("calibration", "decision", "decode"):
+        raw.pop(key)
+    raw["format_version"] = 1
+    (artifact / "model.json").write_text(json.dumps(raw))
+    _, card = load_artifact(artifact)
+    # Documented defaults: plain softmax, mismatch at P(manifest count) <= 0.05, match >= 0.5.
+    assert card.calibration.temperature == 1.0 and card.calibration.ece_after is None
+    assert (card.decision.match_min_p, card.decision.mismatch_min_score) == (0.5, 0.95)
+    assert card.decision.target_false_alarm_rate is None and card.decode == "full"

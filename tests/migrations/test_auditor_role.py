@@ -44,13 +44,15 @@ def _seed(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO audit_results (event_id, bin_id, image_uri, captured_at, station_id, "
-            "expected_quantity, predicted_quantity, confidence, status, model_version, topic, "
-            "\"partition\", \"offset\") VALUES (:e, 'bin-1', 's3://binaudit-images/k.jpg', :t, "
-            "'st-1', 3, 2, 0.8, 'mismatch', 'm-1', 'bin-events', 0, 1)"),
+            "expected_quantity, predicted_quantity, confidence, p_expected, discrepancy_score, "
+            "status, model_version, topic, \"partition\", \"offset\") VALUES (:e, 'bin-1', "
+            "'s3://binaudit-images/k.jpg', :t, 'st-1', 3, 2, 0.8, 0.01, 0.99, 'mismatch', 'm-1', "
+            "'bin-events', 0, 1)"),
             {"e": event, "t": datetime(2026, 1, 1, tzinfo=UTC)})
         conn.execute(text(
             "INSERT INTO discrepancies (event_id, model_version, bin_id, expected_quantity, "
-            "predicted_quantity, confidence) VALUES (:e, 'm-1', 'bin-1', 3, 2, 0.8)"),
+            "predicted_quantity, confidence, p_expected, discrepancy_score) "
+            "VALUES (:e, 'm-1', 'bin-1', 3, 2, 0.8, 0.01, 0.99)"),
             {"e": event})
 
 
@@ -85,6 +87,10 @@ def test_auditor_reads_views_only(role_engine: Engine) -> None:
         assert (row["bin_id"], row["station_id"], row["image_uri"], row["review_state"]) == (
             "bin-1", "st-1", "s3://binaudit-images/k.jpg", "open")
         assert conn.execute(text("SELECT count(*) FROM verdicts")).scalar_one() == 1
+        # The discrepancy score (migration 0003) is readable through both views.
+        assert (row["p_expected"], row["discrepancy_score"]) == (0.01, 0.99)
+        assert conn.execute(text("SELECT p_expected, discrepancy_score FROM verdicts")
+                            ).one() == (0.01, 0.99)
         for table in tables:
             assert _denied(conn, f'SELECT * FROM "{table}" LIMIT 1'), table
             assert _denied(conn, f'DELETE FROM "{table}"'), table

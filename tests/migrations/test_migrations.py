@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, func, inspect, select
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from core.settings import Settings
@@ -80,3 +80,36 @@ def test_unique_conflict_is_ignored(migr_settings: Settings, migr_engine: Engine
         count = conn.execute(select(func.count()).select_from(audit_results).where(
             audit_results.c.event_id == row["event_id"])).scalar_one()
     assert count == 1
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns(table)}
+
+
+def _indexes(engine: Engine, table: str) -> set[str]:
+    return {i["name"] for i in inspect(engine).get_indexes(table) if i["name"]}
+
+
+def test_0003_adds_and_removes_the_scores(migr_settings: Settings, migr_engine: Engine) -> None:
+    scored = ("audit_results", "discrepancies", "backtest_results")
+    upgrade(migr_settings, "head")
+    downgrade(migr_settings, "0002")
+    for table in scored:
+        assert not {"p_expected", "discrepancy_score"} & _columns(migr_engine, table)
+    assert "class_probabilities" not in _columns(migr_engine, "backtest_results")
+    assert "ix_discrepancies_open_queue" not in _indexes(migr_engine, "discrepancies")
+    with migr_engine.connect() as conn:  # the 0002 views are back and work
+        conn.execute(text("SELECT * FROM mismatches")).all()
+        assert "p_expected" not in set(conn.execute(text("SELECT * FROM verdicts")).keys())
+
+    upgrade(migr_settings, "0003")
+    for table in scored:
+        assert {"p_expected", "discrepancy_score"} <= _columns(migr_engine, table)
+    assert "class_probabilities" in _columns(migr_engine, "backtest_results")
+    assert "ix_discrepancies_open_queue" in _indexes(migr_engine, "discrepancies")
+    assert "ix_audit_results_model_score" in _indexes(migr_engine, "audit_results")
+    with migr_engine.connect() as conn:
+        for view in ("mismatches", "verdicts"):
+            keys = set(conn.execute(text(f"SELECT * FROM {view}")).keys())
+            assert {"p_expected", "discrepancy_score"} <= keys, view
+    upgrade(migr_settings, "head")

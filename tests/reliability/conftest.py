@@ -79,7 +79,9 @@ def stack_settings(root: Path, *, s3_port: int = S3_PORT) -> Settings:
         kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}"),
         db=DatabaseSettings(url=SecretStr(
             f"postgresql+psycopg2://postgres@127.0.0.1:{POSTGRES_PORT}/binaudit")),
-        s3=S3Settings(endpoint_url=f"http://127.0.0.1:{s3_port}"),
+        s3=S3Settings(endpoint_url=f"http://127.0.0.1:{s3_port}", region="us-east-1",
+                      access_key_id=SecretStr("testing"),
+                      secret_access_key=SecretStr("testing")),
     )
 
 
@@ -472,6 +474,7 @@ class Harness:
     # -- workers --
     def worker(self, name: str, *, topic: str, group: str, kafka: dict[str, Any] | None = None,
                s3_endpoint: str | None = None, log_level: str = "INFO",
+               s3: dict[str, Any] | None = None,
                **worker: Any) -> WorkerProc:
         sections: dict[str, dict[str, Any]] = {
             "": {"log_level": log_level},
@@ -480,7 +483,9 @@ class Harness:
                       "session_timeout_ms": SESSION_TIMEOUT_MS,
                       "heartbeat_interval_ms": HEARTBEAT_MS, **(kafka or {})},
             "db": {"url": self.settings.db.url.get_secret_value()},
-            "s3": {"endpoint_url": s3_endpoint or self.settings.s3.endpoint_url},
+            "s3": {"endpoint_url": s3_endpoint or self.settings.s3.endpoint_url,
+                   "region": "us-east-1", "access_key_id": "testing",
+                   "secret_access_key": "testing", **(s3 or {})},
             "worker": {"model_path": self.model_path, "device": "cpu", "metrics_port": 0,
                        "retry_backoff_max_s": 2.0, **worker},
         }

@@ -8,20 +8,17 @@ offsets never pass an unwritten row. Each appends its row to the session report.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from core.s3 import ensure_bucket, open_s3_client
 from devstack.services import LocalServices
-from robots.publisher import image_key, load_samples, upload_objects
+from tests.reliability.probes import reseed_images
 
 pytestmark = [pytest.mark.reliability, pytest.mark.services, pytest.mark.slow]
 
@@ -220,24 +217,6 @@ def first_row_of(h: Any, event_ids: list[str], moment: float) -> float | None:
     return None if first is None else float(first) - moment
 
 
-def reseed_images(settings: Any, sample_dir: Path) -> int:
-    """moto keeps objects in memory: after a restart the bucket is gone. Put the sample back
-    through the publisher's own upload path."""
-    samples = load_samples(sample_dir)
-
-    async def run() -> int:
-        async with AsyncExitStack() as stack:
-            client = await open_s3_client(stack, settings.s3)
-            await ensure_bucket(client, settings.s3.bucket)
-            stats = await upload_objects(
-                client, settings.s3.bucket,
-                {image_key(s.id): s.image_path for s in samples if s.image_path},
-                concurrency=16)
-            return stats.uploaded
-
-    return asyncio.run(run())
-
-
 def test_s3_stopped_and_restarted(harness: Any, supervisor: LocalServices, gated_s3: Any,
                                   sample_dir: Path, scenario_log: Any, offset_watch: Any,
                                   waiter: Any) -> None:
@@ -268,9 +247,10 @@ def test_s3_stopped_and_restarted(harness: Any, supervisor: LocalServices, gated
              recovered_by="by itself: in-flight fetches retried with backoff (never dead "
                           "letters); partitions paused once max_in_flight was reached",
              problems=[] if "S3 unavailable" in log else ["no 'S3 unavailable' retry logged"],
-             notes="moto keeps objects in memory, so a restarted moto is empty and would answer "
-                   "NoSuchBucket, which the worker (rightly, for a real store) treats as a "
-                   "missing object, i.e. a dead letter. The worker therefore reaches moto "
+             notes="moto keeps objects in memory, so a restarted moto is empty: it would answer "
+                   "NoSuchBucket (an infrastructure fault since issue 14, retried) and then "
+                   "NoSuchKey for objects not re-uploaded yet (rightly, for a real store, a "
+                   "dead letter). The worker therefore reaches moto "
                    "through a TCP gate that the test closes *before* killing moto and opens "
                    "only after `up` returned and the sample was re-uploaded through the "
                    "publisher's upload path; to the worker the whole window is one outage.",

@@ -15,6 +15,8 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from PIL import Image
 
 from core.settings import Settings
+from core.truth import WRONG_MANIFEST_KINDS, read_truth
+from robots.manifests import ManifestPerturber, WrongManifests
 from robots.publisher import (
     FAULT_KEYS,
     FAULT_NAMES,
@@ -207,3 +209,58 @@ def test_cli_publish(pub_settings: Settings, sample_dir: Path, topic: str,
     assert min(e.captured_at for e in events) == datetime(2026, 3, 1, 10, tzinfo=UTC)
     bad = CliRunner().invoke(app, [*args[:-5], "--faults", "bogus", "--no-progress"])
     assert bad.exit_code == 1 and "unknown fault" in bad.output
+
+
+def test_wrong_manifests_are_seeded_and_the_truth_stays_outside_the_event(
+        pub_settings: Settings, sample_dir: Path, topic: str, tmp_path: Path) -> None:
+    truth_path = tmp_path / "truth.csv"
+    wrong = WrongManifests(rate=0.1, truth_path=truth_path)
+    report = run(pub_settings, sample_dir, topic, seed=7, wrong_manifests=wrong)
+    truth = read_truth(truth_path)
+    assert len(truth) == report.valid == 350
+    perturbed = {e: t for e, t in truth.items() if t.perturbation is not None}
+    assert sum(report.wrong_manifests.values()) == len(perturbed)
+    assert 20 <= len(perturbed) <= 50  # ~10 % of 350
+    assert set(report.wrong_manifests) == set(WRONG_MANIFEST_KINDS)
+    samples = {p.stem: json.loads(p.read_text())["EXPECTED_QUANTITY"]
+               for p in (sample_dir / "metadata").glob("*.json")}
+    for record in consume(pub_settings, topic, 350):
+        raw = json.loads(record.value)
+        assert "perturbation" not in raw and "true_count" not in raw
+        event = decode_event(record.value)
+        t = truth[event.event_id]
+        assert t.true_count == samples[event.bin_id]  # the truth is the sample's own count
+        assert event.expected_quantity == t.manifest_count
+        assert event.manifest is not None and t.manifest_count == event.manifest.EXPECTED_QUANTITY
+        delta = {"missing_item": 1, "extra_item": -1}.get(t.perturbation or "")
+        if t.perturbation is None:
+            assert t.manifest_count == t.true_count
+        elif delta is not None:
+            assert t.manifest_count - t.true_count == delta
+        else:
+            assert t.manifest_count != t.true_count and t.manifest_count in samples.values()
+    # Same seed, same wrong manifests (event ids are stable too); another seed, others.
+    events = build_events(sample_dir, bucket="b-images")
+
+    def draws(seed: int) -> list[Any]:
+        perturber = ManifestPerturber(wrong, seed, [e.expected_quantity for e in events])
+        return [perturber.apply(e)[1] for e in events]
+
+    assert draws(7) == draws(7) == list(truth.values()) != draws(8)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rate": 1.5}, "within"), ({"kinds": ("lost_bin",)}, "unknown wrong-manifest"),
+    ({"kinds": ()}, "unknown wrong-manifest"),
+])
+def test_wrong_manifest_options_are_validated(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WrongManifests(**kwargs)
+
+
+def test_extra_item_never_goes_below_zero(sample_dir: Path) -> None:
+    events = [e for e in build_events(sample_dir, bucket="b-images") if e.expected_quantity == 0]
+    perturber = ManifestPerturber(WrongManifests(rate=1.0, kinds=("extra_item",)), 0, [0, 1])
+    for event in events:
+        published, entry = perturber.apply(event)
+        assert entry.perturbation is None and published.expected_quantity == 0

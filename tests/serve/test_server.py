@@ -27,10 +27,10 @@ import pytest
 import requests
 from PIL import Image
 
-from core.model.card import ArtifactError
+from core.model.card import ArtifactError, DecisionPolicy
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
-from inference.compare import Prediction, decide
+from inference.compare import Prediction, decide, prediction_from_probs
 from inference.counter import BinCounter
 from schemas.events import BinEvent, encode_event
 from serve.server import ModelServer, run_server
@@ -291,9 +291,9 @@ def test_json_events_are_fetched_from_s3_and_get_the_workers_verdict(
         server_factory: ServerFactory, reference: tuple[BinCounter, Preprocessor],
         bucket_factory: Callable[..., str], s3_client: Any, sample_dir: Path) -> None:
     bucket, other = bucket_factory("serve"), bucket_factory("serve-denied")
-    threshold = 0.25
+    policy = DecisionPolicy(match_min_p=0.3, mismatch_min_score=0.7)
     st = server_factory(s3={"allowed_buckets": (bucket,)},
-                        worker={"uncertain_threshold": threshold})
+                        worker={"match_min_p": 0.3, "mismatch_min_score": 0.7})
     counter, _ = reference
     picked = [s for s in samples(sample_dir) if 1 <= s[1] <= 5][:3] + \
         [s for s in samples(sample_dir) if s[1] > 5][:1]
@@ -308,11 +308,16 @@ def test_json_events_are_fetched_from_s3_and_get_the_workers_verdict(
             resp = st.invoke(body, "application/json")
             assert resp.status_code == 200, resp.text
             got = resp.json()
-            assert got.keys() >= FIELDS | {"verdict", "image_uri", "expected_quantity"}
+            assert got.keys() >= FIELDS | {"verdict", "image_uri", "expected_quantity",
+                                           "p_expected", "discrepancy_score"}
             assert_same(got, direct(reference, path.read_bytes()))
-            assert got["verdict"] == decide(
-                predicted=got["count"], confidence=got["confidence"], expected=expected,
-                supported_counts=counter.card.class_counts, uncertain_threshold=threshold)
+            verdict = decide(prediction_from_probs(
+                [got["probabilities"][str(c)] for c in counter.card.class_counts],
+                got["scores"], counter.card.class_counts), expected=expected,
+                supported_counts=counter.card.class_counts, policy=policy)
+            assert got["verdict"] == verdict.status.value
+            assert got["p_expected"] == verdict.p_expected
+            assert got["discrepancy_score"] == verdict.discrepancy_score
             assert (got.get("event_id") == event.event_id) if full else "event_id" not in got
     assert got["verdict"] == "unsupported"  # the last sample holds more than 5 items
 
@@ -373,3 +378,53 @@ def test_serve_command_answers_in_flight_requests_on_sigterm_and_exits_0(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+# ---- the reference's own client ---------------------------------------------------------
+def test_boto3_sagemaker_runtime_invoke_endpoint_works_unchanged(
+        server_factory: ServerFactory, reference: tuple[BinCounter, Preprocessor],
+        bucket_factory: Callable[..., str], s3_client: Any, sample_dir: Path) -> None:
+    """The seed called ``predictor.predict(jpeg_bytes)``, i.e. InvokeEndpoint, which posts to
+    /endpoints/<name>/invocations: boto3's own client, pointed at the server, gets answers."""
+    import json
+
+    import boto3
+
+    bucket = bucket_factory("serve-sm")
+    st = server_factory(s3={"allowed_buckets": (bucket,)})
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=st.url, region_name="us-east-1",
+                           aws_access_key_id="placeholder", aws_secret_access_key="placeholder")
+    path, expected = samples(sample_dir)[0]
+    data = path.read_bytes()
+    for content_type in ("image/jpeg", "application/x-image"):
+        resp = runtime.invoke_endpoint(EndpointName="binaudit-counter", ContentType=content_type,
+                                       Accept="application/json", Body=data)
+        assert resp["ContentType"].startswith("application/json")
+        assert_same(json.loads(resp["Body"].read()), direct(reference, data))
+    s3_client.put_object(Bucket=bucket, Key="bin-images/sm.jpg", Body=data)
+    body = json.dumps({"image_uri": f"s3://{bucket}/bin-images/sm.jpg",
+                       "expected_quantity": expected})
+    resp = runtime.invoke_endpoint(EndpointName="binaudit-counter",
+                                   ContentType="application/json", Body=body)
+    got = json.loads(resp["Body"].read())
+    assert_same(got, direct(reference, data))
+    assert got["verdict"] in {"match", "mismatch", "uncertain", "unsupported"}
+    assert got["expected_quantity"] == expected
+    assert metric(st.metrics(), "binaudit_http_request_seconds_count",
+                  route="/endpoints/{endpoint}/invocations", method="POST", status="200") == 3
+
+
+def test_timed_out_requests_still_count_against_the_queue_during_an_s3_outage(
+        server_factory: ServerFactory, sample_dir: Path) -> None:
+    """S3 unreachable: a JSON request times out (504) but its fetch keeps retrying in the
+    pipeline and keeps its place in max_queue, so new requests get 503 at once instead of
+    piling more fetches up; and while S3 is known to fail, JSON requests get 503 too."""
+    st = server_factory(serve={"max_queue": 1, "request_timeout_s": 0.5, "shutdown_grace_s": 1},
+                        s3={"endpoint_url": f"http://127.0.0.1:{free_port()}", "max_attempts": 1,
+                            "allowed_buckets": ("somewhere",)})
+    event = b'{"image_uri": "s3://somewhere/a.jpg", "expected_quantity": 2}'
+    first = st.invoke(event, "application/json")
+    assert first.status_code == 504, first.text
+    image = st.invoke(jpeg(sample_dir))
+    assert image.status_code == 503 and image.json()["error"] == "overloaded", image.text
+    assert st.server._pipeline is not None and st.server._pipeline.in_flight == 1

@@ -9,14 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from core.model.artifact import load_artifact
 from core.model.preprocess import load_uint8, normalize
 from inference.counter import BinCounter
-from trainer.cv import fit_temperature, stratified_parts
-from trainer.recipes import choose_decision
+from trainer.cv import stratified_parts
 
 
 def test_stratified_parts_are_disjoint_cover_everything_and_keep_proportions() -> None:
@@ -26,27 +24,6 @@ def test_stratified_parts_are_disjoint_cover_everything_and_keep_proportions() -
     assert sorted(joined.tolist()) == list(range(len(counts)))
     for part in parts:
         assert (counts[part] == 3).sum() == 16 and (counts[part] == 40).sum() == 4
-
-
-def test_fit_temperature_recovers_the_temperature_that_generated_the_labels() -> None:
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 3, size=(6000, 6))
-    true_t = 2.5
-    p = np.exp(logits / true_t)
-    p /= p.sum(1, keepdims=True)
-    labels = np.array([rng.choice(6, p=row) for row in p])
-    assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.08)
-
-
-def test_thresholds_flag_at_most_the_target_share_of_correct_manifests() -> None:
-    rng = np.random.default_rng(1)
-    probs = rng.dirichlet(np.ones(11) * 0.7, size=2000)
-    counts = rng.integers(0, 11, size=2000)
-    policy = choose_decision(probs, counts, target_false_alarm_rate=0.05)
-    scores = 1 - probs[np.arange(2000), counts]
-    assert (scores >= policy.mismatch_min_score).mean() <= 0.05
-    assert policy.measured["false_alarm_rate"] <= 0.05
-    assert policy.chosen_on == "validation" and policy.target_false_alarm_rate == 0.05
 
 
 def _subset(sample_dir: Path, root: Path, n: int) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,12 @@ def test_fit_writes_a_loadable_artifact(fitted: Path, tiny_manifest: Path) -> No
     assert card.hyperparameters["batch-size"] == 8 and card.hyperparameters["epochs"] == 2
     assert card.data_fingerprint == json.loads(tiny_manifest.read_text())["fingerprint"]
     assert "test_accuracy" in card.metrics and "test_rmse" in card.metrics
+    # Calibrated and thresholded on the validation split (core.model.calibration).
+    assert card.calibration.fitted_on == card.decision.chosen_on == "validation"
+    assert card.calibration.temperature > 0 and card.calibration.ece_before is not None
+    assert card.decision.target_false_alarm_rate == 0.05
+    assert card.decision.measured["false_alarm_rate"] <= 0.05
+    assert 0.5 <= card.decision.match_min_p <= 1
     metrics = json.loads((fitted / "metrics.json").read_text())
     assert len(metrics["history"]) == 2
     assert metrics["test"]["n"] == 5 and "baseline_majority" in metrics
@@ -58,6 +65,33 @@ def test_evaluate_matches_training_test_metrics(cli: Any, fitted: Path,
     assert result["accuracy"] == pytest.approx(metrics["accuracy"])
     assert set(result) >= {"rmse", "per_class_accuracy", "off_by_one_accuracy"}
     assert out.with_suffix(".confusion.png").is_file()
+    assert out.with_suffix(".pr.png").is_file()
+    quality = result["audit_quality"]
+    # Each test image judged once with its true count and once with a wrong one.
+    assert quality["bins"] == 2 * result["n"] and quality["wrong_manifests"] == result["n"]
+    assert set(quality) >= {"false_alarm_rate", "recall", "mismatch_precision", "auroc",
+                            "average_precision", "review_budgets", "coverage",
+                            "recall_by_kind", "recall_by_size"}
+    assert result["calibration"]["temperature"] == load_artifact(fitted)[1].calibration.temperature
+
+
+def test_calibrate_fits_an_old_artifact(cli: Any, fitted: Path, tiny_manifest: Path,
+                                        tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(fitted, old, ignore=shutil.ignore_patterns("*.pt", "profile"))
+    shutil.copy(fitted / "model.pt", old / "model.pt")
+    raw = json.loads((old / "model.json").read_text())
+    for key in ("calibration", "decision"):
+        raw.pop(key)
+    (old / "model.json").write_text(json.dumps(raw))
+    assert load_artifact(old)[1].decision.chosen_on is None  # the documented defaults
+    output = cli("train", "calibrate", old, "--manifest", tiny_manifest, "--split", "val")
+    card = load_artifact(old)[1]
+    assert "temperature" in output
+    assert card.calibration.fitted_on == card.decision.chosen_on == "val"
+    assert card.decision.target_false_alarm_rate == 0.05
+    # The tiny validation split cannot promise 5 %: the thresholds decide nothing.
+    assert (card.decision.match_min_p, card.decision.mismatch_min_score) == (1.0, 1.0)
 
 
 def test_resume_continues_with_the_same_optimizer_state(

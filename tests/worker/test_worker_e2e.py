@@ -40,7 +40,9 @@ def worker_settings(settings_factory: Callable[..., Settings], topic_factory: Ca
     return settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
         worker={"model_path": model_artifact, "exit_when_idle_s": 3.0, "metrics_port": None,
-                "device": "cpu", "max_batch_size": 16, "uncertain_threshold": 0.0},
+                "device": "cpu", "max_batch_size": 16,
+                # The untrained fixture model: the argmax rule, so mismatches exist.
+                "match_min_p": 0.0, "mismatch_min_score": 0.0},
     )
 
 
@@ -57,22 +59,29 @@ def test_sample_events_give_one_verdict_each(worker_settings: Settings, sample_d
 
     stats = Worker(worker_settings).run()
 
-    found = rows(clean_db, "SELECT event_id, status, expected_quantity, predicted_quantity "
+    found = rows(clean_db, "SELECT event_id, status, expected_quantity, predicted_quantity, "
+                           "class_probabilities, p_expected, discrepancy_score "
                            "FROM audit_results WHERE topic = :t", t=worker_settings.kafka.topic)
     assert len(found) == 350 and stats.events == 350
     assert {r.event_id for r in found} == set(report.event_ids)
     for r in found:
+        assert sum(r.class_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
         if r.expected_quantity not in (1, 2, 3, 4, 5):
             assert r.status == "unsupported"
+            assert r.p_expected is None and r.discrepancy_score is None
         else:
             assert r.status == ("match" if r.predicted_quantity == r.expected_quantity
                                 else "mismatch")
+            assert r.p_expected == r.class_probabilities[str(r.expected_quantity)]
+            assert r.discrepancy_score == pytest.approx(1 - r.p_expected)
     mismatched = {r.event_id for r in found if r.status == "mismatch"}
-    mirrored = rows(clean_db, "SELECT d.event_id, d.review_state FROM discrepancies d "
+    mirrored = rows(clean_db, "SELECT d.event_id, d.review_state, d.discrepancy_score, "
+                              "a.discrepancy_score AS verdict_score FROM discrepancies d "
                               "JOIN audit_results a USING (event_id, model_version) "
                               "WHERE a.topic = :t", t=worker_settings.kafka.topic)
     assert {r.event_id for r in mirrored} == mismatched
     assert {r.review_state for r in mirrored} <= {"open"}
+    assert all(r.discrepancy_score == r.verdict_score is not None for r in mirrored)
     unsupported = sum(1 for r in found if r.status == "unsupported")
     assert unsupported == 15 + 111  # zero-item bins and bins of more than 5 items
 
@@ -164,9 +173,10 @@ def test_two_workers_one_killed_the_other_finishes_every_partition(
                      "group_id": worker_settings.kafka.group_id},
            "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
                       "max_batch_size": 4, "artificial_delay_s": 0.1,
-                      # longer than the session timeout, so the survivor is still there
-                      # when the group notices the victim is gone
-                      "exit_when_idle_s": 15.0}}
+                      # Short on purpose: idle means no committed lag on any partition of
+                      # the topic, so the survivor waits for the victim's partitions however
+                      # long the rebalance takes (it once exited at 134 of 350 rows).
+                      "exit_when_idle_s": 1.0}}
     survivor = worker_process_factory("survivor", **env)
     victim = worker_process_factory("victim", **env)
     wait_for(lambda: verdict_rows() >= 40, 120, "both workers writing")

@@ -193,6 +193,38 @@ class EventSource:
             return False
         return True
 
+    def committed_lag(self, *, whole_topic: bool = False) -> dict[TopicPartitionKey, int] | None:
+        """Records between the group's committed offset and the end offset: of each assigned
+        partition, or (``whole_topic``) of every partition of the topic, whoever owns it.
+
+        This is the group's real backlog: a record fetched (position lag 0) but not yet
+        written is still lag here. None when the broker cannot say.
+        """
+        try:
+            if whole_topic:
+                ids = self.consumer.partitions_for_topic(self.cfg.topic)
+                if not ids:
+                    return None  # metadata not known (yet): cannot say "no lag"
+                partitions = [TopicPartition(self.cfg.topic, p) for p in sorted(ids)]
+            else:
+                partitions = list(self.consumer.assignment())
+            if not partitions:
+                return {}
+            ends = self.consumer.end_offsets(partitions, timeout_ms=LAG_QUERY_TIMEOUT_MS)
+            committed = {tp: self.consumer.committed(tp, timeout_ms=LAG_QUERY_TIMEOUT_MS)
+                         for tp in partitions}
+            # No commit yet: the group starts at the earliest record (auto_offset_reset).
+            never = [tp for tp, offset in committed.items() if offset is None]
+            starts = (self.consumer.beginning_offsets(never, timeout_ms=LAG_QUERY_TIMEOUT_MS)
+                      if never else {})
+        except KafkaError:
+            return None
+        if any(tp not in ends or (tp in never and tp not in starts) for tp in partitions):
+            return None
+        return {TopicPartitionKey(tp.topic, tp.partition):
+                max(0, ends[tp] - (starts[tp] if tp in never else committed[tp]))
+                for tp in partitions}
+
     def lag(self) -> dict[TopicPartitionKey, int] | None:
         """Records between each assigned partition's position and its end offset; ``{}`` with
         no partitions, None when the broker cannot say (it is down, or a position is not

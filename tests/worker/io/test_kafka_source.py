@@ -73,8 +73,11 @@ def park_one_partition(consumer: KafkaConsumer,
     other = take(consumer, PER_PARTITION, 10)
     assert {p for p, _ in other} == {1 - paused.partition} and len(other) == PER_PARTITION
     parked = getattr(getattr(consumer, "_fetcher", None), "_paused_partition_records", None)
+    # Fail, never skip: an upgrade that moves these internals turns the work-around into a
+    # silent no-op, and the stall it prevents would come back unnoticed.
     if parked is None:
-        pytest.skip("kafka-python's fetcher no longer parks records: re-check the work-around")
+        pytest.fail("kafka-python's fetcher no longer has _paused_partition_records: "
+                    "re-check release_parked_records against the new version")
     assert paused in parked
     return paused
 
@@ -137,8 +140,10 @@ def start_a_rebalance_and_look_away(consumer: KafkaConsumer) -> None:
     """The leader's view of the metadata changes; one poll too short to finish the rejoin
     starts it, and it completes on the IO thread while nobody polls."""
     coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None or not hasattr(coordinator, "_assignment_snapshot"):
-        pytest.skip("kafka-python's coordinator changed: re-check the work-around")
+    if coordinator is None or not hasattr(coordinator, "_assignment_snapshot") \
+            or not hasattr(coordinator, "rejoining"):
+        pytest.fail("kafka-python's coordinator changed (_assignment_snapshot/rejoining): "
+                    "re-check finish_forgotten_rebalance against the new version")
     coordinator._assignment_snapshot = {}  # what it holds when metadata arrives late
     consumer.poll(timeout_ms=0)
     assert coordinator.rejoining
