@@ -12,7 +12,8 @@ DATA_WAIT_TARGET = 0.10
 FLAT_RATIO = 1.10  # peak memory at 10x the images may be at most 10 % higher to count as flat
 EVAL_NOTE = ("The larger run's peak came after its training loop, in the validation/test "
              "passes: their batches (64 per rank) are full only once a rank's shard has 64 "
-             "images (a 1,000-image run's 3 % splits are 16 per rank), and the three loaders' "
+             "images (a 1,000-image run's 3 % splits hold 32, 16 per rank with 2), and the three "
+             "loaders' "
              "persistent workers are all alive then; bounded by the eval batch size, not the "
              "dataset.")
 
@@ -170,6 +171,14 @@ def _claim_lines(runs: list[dict[str, Any]]) -> list[str]:
                 f"over the loop {_f(c['loop_median_small_mib'], 0)} → "
                 f"{_f(c['loop_median_large_mib'], 0)} MiB (×{c['loop_median_ratio']}). A cache "
                 f"of decoded uint8 images would add {cache_mib(c):,.0f} MiB.")
+        elif c["loop_median_ratio"] is not None:
+            lines.append(
+                f"- Training loop ({c['ranks']} rank(s) × {c['workers']} workers, "
+                f"{c['image_size']} px): median tree PSS over the loop "
+                f"{_f(c['loop_median_small_mib'], 0)} MiB at {c['small']:,} images, "
+                f"{_f(c['loop_median_large_mib'], 0)} MiB at {c['large']:,} "
+                f"(×{c['loop_median_ratio']}); a cache of decoded uint8 images would add "
+                f"{cache_mib(c):,.0f} MiB.")
         lines.append(
             f"- Whole run ({c['ranks']} rank(s) × {c['workers']} workers, "
             f"{c['image_size']} px), including validation and test: "
