@@ -10,11 +10,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: help venv system-deps services-up services-down services-status migrate test lint demo bench \
-        reliability schemas clean
+        bench-data-scaling reliability schemas clean
 
 help:
 	@echo "make venv | services-up | services-down | services-status | migrate | test | lint"
-	@echo "     demo | bench | reliability | schemas | clean"
+	@echo "     demo | bench | bench-data-scaling | reliability | schemas | clean"
 
 venv: $(STAMP)
 
@@ -55,6 +55,12 @@ demo: venv services-up migrate
 
 bench: venv services-up migrate
 	bash bench/run.sh
+
+# Trainer data loading vs dataset size (1,000 vs 10,000 extra-set images) + a 2-rank torchrun
+# epoch over the extra set; no services. Needs data/abid-extra (or BINAUDIT_EXTRA_DIR); about
+# an hour and a half on 2 busy cores. Writes bench/results/data-scaling.{json,md}.
+bench-data-scaling: venv
+	$(BIN)/python -m bench.data_scaling --torchrun
 
 reliability: venv services-up migrate
 	$(BIN)/pytest -q -m reliability tests/reliability

@@ -4,6 +4,10 @@
 #   bench/run.sh            full run (~10 min on 2 cores; waits up to 10 min for a quiet box)
 #   bench/run.sh --quick    tiny sizes, every code path (~2-3 min)
 #   bench/run.sh --help     all options (sections, batch size, output folder, ...)
+# Optional, not run here (no services; needs the extra set, data/abid-extra):
+#   python -m bench.data_scaling --torchrun   trainer data loading: peak memory and data wait
+#                                             at 1,000 vs 10,000 images + a 2-rank torchrun
+#                                             (`make bench-data-scaling`; see bench/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

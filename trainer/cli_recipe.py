@@ -104,6 +104,9 @@ def counter_cmd(
     half: Annotated[bool, Opt(help="Store float16 weights (a few MB).")] = True,
     seed: int = 0,
     epochs: Annotated[int | None, Opt(help="Override the recipe's epochs.")] = None,
+    calibration_ids: Annotated[Path | None, Opt(
+        help="Ids (one a line) that the temperature and thresholds are fitted on, within the "
+             "validation split: images like production's (e.g. full-size originals).")] = None,
 ) -> None:
     """Train the shipped counter: fit on the cache, calibrate and choose thresholds on a
     validation split, write a standard artifact (model.pt + model.json)."""
@@ -118,6 +121,10 @@ def counter_cmd(
     val_counts = loaded.counts[val_idx]
     logits = predict_logits(part, loaded.features, val_idx, cfg)
     inside = (val_counts >= cfg.first_count) & (val_counts < cfg.first_count + cfg.classes)
+    if calibration_ids is not None:
+        wanted = set(calibration_ids.read_text().split())
+        inside &= np.array([loaded.ids[i] in wanted for i in val_idx])
+        console.print(f"calibrating on {int(inside.sum())} validation bins of {calibration_ids}")
     # Temperature, ECE and thresholds on the validation bins the classes cover.
     calibration, decision = calibrate(
         logits[inside], cfg.targets(val_counts[inside]), class_counts=cfg.class_counts(),

@@ -144,16 +144,20 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _epoch_record(epoch: int, train: dict[str, float], val: dict[str, float], lr: float,
-                  seconds: float, data_seconds: float) -> dict[str, float]:
+                  seconds: float, data_seconds: float,
+                  first_batch_seconds: float = 0.0) -> dict[str, float]:
     return {
         "epoch": epoch, "lr": lr, "seconds": seconds,
         # Share of the epoch spent waiting for the DataLoader (decoding was the bottleneck
         # when it grows; more --workers then).
         "data_wait_fraction": data_seconds / seconds if seconds else 0.0,
+        # The first batch also waits for the workers to start (once per run: they persist).
+        "first_batch_wait_s": first_batch_seconds,
         "train_loss": train["loss_sum"] / max(train["n"], 1),
         "train_accuracy": train["correct"] / max(train["n"], 1),
         "val_loss": val["loss_sum"] / max(val["n"], 1),
         "val_accuracy": val["correct"] / max(val["n"], 1),
+        # All ranks together (``train`` is all-reduced); times and data wait are rank 0's.
         "train_images_per_s": train["n"] / seconds if seconds else 0.0,
     }
 
@@ -286,7 +290,8 @@ def _fit(config: FitConfig, info: d.DistInfo, device: torch.device,
         record = _epoch_record(epoch, d.all_reduce_sums(stats.sums(), device),
                                d.all_reduce_sums(val_stats.sums(), device),
                                optimizer.param_groups[0]["lr"], stats.seconds,
-                               stats.phase_seconds["data"])
+                               stats.phase_seconds["data"],
+                               stats.steps[0]["data"] if stats.steps else 0.0)
         state.history.append(record)
         if record["val_loss"] < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.bad_epochs = record["val_loss"], epoch, 0
@@ -298,7 +303,7 @@ def _fit(config: FitConfig, info: d.DistInfo, device: torch.device,
             state.bad_epochs += 1
         log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.1f img/s",
                  epoch, record["train_loss"], record["train_accuracy"], record["val_loss"],
-                 record["val_accuracy"], record["train_images_per_s"] * info.world_size)
+                 record["val_accuracy"], record["train_images_per_s"])  # all ranks already
         if info.is_main and config.save_checkpoints:
             _checkpoint(config, epoch, model, optimizer, scheduler, state)
         if config.debug_rank_metrics:
