@@ -226,6 +226,8 @@ def console_command(
     """Serve the console (review queue, bin pages, overview, export) until interrupted."""
     if ctx.invoked_subcommand is not None:
         return
+    # The web stack (FastAPI, uvicorn, Jinja2) loads only for console commands, not for every
+    # `binaudit` invocation.
     import uvicorn
 
     from audit.console.app import ConsoleConfigError, create_app

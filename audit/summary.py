@@ -128,6 +128,7 @@ def render(s: TopicSummary, console: Console) -> None:
 
 def write_quality(s: TopicSummary, path: Path, topic: str) -> list[Path]:
     """The audit-quality section as JSON at ``path`` and its precision-recall PNG next to it."""
+    # matplotlib costs a second to import: only `summary --report` pays for it.
     from core.plots import precision_recall
 
     assert s.quality is not None, "write_quality needs a summary made with a truth file"

@@ -205,6 +205,7 @@ def report_for_run(engine: Engine, run_id: str, path: Path, *, compare_to: str |
 # ---- rendering -------------------------------------------------------------------------------
 
 def write_report(report: dict[str, Any], path: Path) -> list[Path]:
+    # matplotlib costs a second to import: only runs that write a report pay for it.
     from core.plots import confusion, precision_recall
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from core.model.architectures import apply_freeze, build_model
 from core.model.artifact import save_artifact
 from core.model.card import ModelCard
 from core.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.progress import progress
 from core.scoring import counting_metrics, majority_baseline, scalar_metrics
 from core.settings import S3Settings
 from trainer import checkpoint as ckpt
@@ -177,8 +178,6 @@ def _progress_bar(config: FitConfig, info: d.DistInfo, epoch: int, total: int
                   ) -> tuple[Any, Callable[[int, float, float], None] | None]:
     if not (config.progress and info.is_main):
         return None, None
-    from core.progress import progress
-
     bar = progress(total=total, desc=f"epoch {epoch}/{config.epochs}", unit="img",
                    leave=False)
 
