@@ -1,8 +1,8 @@
-"""The counter: load → preprocess → inference → postprocess (TorchServe's handler split).
+"""The counter: load → inference → postprocess (TorchServe's handler split).
 
-Shared by the worker, replay and the HTTP endpoint; batching lives outside (inference/batching.py).
-Preprocessing is safe on untrusted bytes: the pixel and byte limits are checked from the header
-before any pixel is decoded, so a decompression bomb costs nothing.
+Shared by the worker, replay, serve and `train evaluate`; preprocessing is
+core/model/preprocess.py, batching lives outside (inference/batching.py), and the backends that
+run the forward pass are in inference/backends/.
 """
 
 from __future__ import annotations
