@@ -36,6 +36,15 @@ class ErrorKind(StrEnum):
     # pipeline is stopping (left uncommitted).
     MODEL_ERROR = "model_error"
     SHUTTING_DOWN = "shutting_down"
+    # S3 refused this one object (bucket policy, KMS key, or a missing key read without
+    # s3:ListBucket) while other objects of the same bucket are served: not an outage.
+    ACCESS_DENIED = "access_denied"
+    # Another record already used this event id with a different payload: nothing would be
+    # written for it (the verdict is keyed by event id), so it must not be silently committed.
+    DUPLICATE_EVENT_ID = "duplicate_event_id"
+    # Anything unexpected while handling one record (a bug, an input nobody anticipated): the
+    # message names the exception class; the worker keeps running.
+    INTERNAL_ERROR = "internal_error"
 
 
 class VerdictStatus(StrEnum):
