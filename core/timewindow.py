@@ -1,4 +1,5 @@
-"""The replay window (pure): what ``--from/--to/--from-offset/--to-offset`` mean.
+"""Time windows (pure): what replay's ``--from/--to/--from-offset/--to-offset`` mean, and
+the whole-day windows the console's overview charts show (:func:`choose_day_window`).
 
 Times are record timestamps (= captured_at), half-open [from, to), resolved per partition
 with ``offsets_for_times``; offsets are per partition (``P:N,...``) or one number for all, the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 OffsetSpec = dict[int, int] | int
@@ -135,3 +136,50 @@ def derive_run_id(model_version: str, topic: str, request: WindowRequest) -> str
     key = json.dumps({"model": model_version, "topic": topic, "window": request.as_json()},
                      sort_keys=True)
     return f"bt-{model_version}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class DayWindow:
+    """Whole UTC days [first, last], both inclusive, and why they were chosen."""
+
+    first: date
+    last: date
+    reason: str  # "recent" | "newest data" | "chosen" | "no data"
+
+    @property
+    def days(self) -> list[date]:
+        return [self.first + timedelta(days=i) for i in range((self.last - self.first).days + 1)]
+
+    @property
+    def start(self) -> datetime:
+        """The window's first instant (UTC)."""
+        return datetime(self.first.year, self.first.month, self.first.day, tzinfo=UTC)
+
+    @property
+    def stop(self) -> datetime:
+        """The instant after the window (exclusive bound, UTC)."""
+        return self.start + timedelta(days=(self.last - self.first).days + 1)
+
+    def contains(self, day: date) -> bool:
+        return self.first <= day <= self.last
+
+
+def choose_day_window(newest: date | None, *, days: int, today: date,
+                      last: date | None = None) -> DayWindow:
+    """The ``days`` whole days a chart shows, from the newest day that has events.
+
+    Only the newest event day matters: the last ``days`` days up to ``today`` when they hold
+    events (a live system); else the ``days`` days ending at the newest event day, so data
+    captured long ago (a replayed or demo topic) is shown rather than an empty recent window.
+    ``last`` pins the end (a link or the user chose it); no events at all: the recent days.
+    """
+    if days < 1:
+        raise ValueError(f"days must be >= 1 (got {days})")
+    span = timedelta(days=days - 1)
+    if last is not None:
+        return DayWindow(last - span, last, "chosen")
+    if newest is None:
+        return DayWindow(today - span, today, "no data")
+    if today - span <= newest <= today:
+        return DayWindow(today - span, today, "recent")
+    return DayWindow(newest - span, newest, "newest data")

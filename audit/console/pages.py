@@ -8,13 +8,15 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
+from markupsafe import Markup
 from sqlalchemy.exc import DBAPIError
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -38,6 +40,7 @@ from audit.console.queries import (
 )
 from audit.console.security import Forbidden, check_csrf, current_account
 from audit.queries import AuditError, ReviewDecision, export_reviewed, record_review
+from core.timewindow import DayWindow
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -181,43 +184,110 @@ def thumbnail(request: Request, discrepancy_id: int) -> Response:
 
 
 @router.get("/overview")
-def overview_page(request: Request, days: int = Query(14, ge=1, le=366)) -> Response:
+def overview_page(request: Request, days: int = Query(14, ge=1, le=366),
+                  captured_last: Annotated[date | None, Query()] = None,
+                  processed_last: Annotated[date | None, Query()] = None) -> Response:
+    """Charts over whole UTC days: by default the last ``days`` days, or the ``days`` days
+    ending at the newest day with data when the recent ones hold none; ``captured_last`` /
+    ``processed_last`` pin each window's last day (the empty charts' links set them)."""
     console = request.app.state.console
     account = _account(request)
     cache = console.overview_cache
-    cached = cache.get(days)
+    pinned = captured_last is not None or processed_last is not None
+    cached = None if pinned else cache.get(days)
     if cached and time.monotonic() - cached[0] < console.settings.console.overview_cache_s:
         data = cached[1]
     else:
         with as_account(console.engine, account) as conn:
-            data = overview(conn, days=days)
-        cache[days] = (time.monotonic(), data)
+            data = overview(conn, days=days, captured_last=captured_last,
+                            processed_last=processed_last)
+        if not pinned:  # the default view is the busy one; pinned views are one-off links
+            cache[days] = (time.monotonic(), data)
     return console.render(request, "overview.html", days=days, data=data,
-                          charts=_charts(data))
+                          charts=_charts(data, _links(data, days, captured_last,
+                                                      processed_last)))
 
 
-def _charts(data: dict[str, Any]) -> dict[str, Any]:
-    since: datetime = data["since"]
-    days = [since + timedelta(days=i) for i in range(data["days"] + 1)]
-    out: dict[str, Any] = {}
+@dataclass(frozen=True)
+class ChartView:
+    """One overview chart: its SVG and, when nothing falls in its window, why and where to
+    look instead."""
+
+    svg: Markup
+    empty: str | None = None
+    link: str | None = None
+    link_text: str | None = None
+
+
+def _span(window: DayWindow) -> str:
+    return f"{window.first:%Y-%m-%d} – {window.last:%Y-%m-%d}"
+
+
+def _links(data: dict[str, Any], days: int, captured_last: date | None,
+           processed_last: date | None) -> dict[str, str | None]:
+    """For each axis, a link to the window ending at its newest day with data (None: the
+    window already ends there, or there is no data)."""
+    out: dict[str, str | None] = {}
+    pins = {"captured": captured_last, "processed": processed_last}
+    for axis in ("captured", "processed"):
+        newest: date | None = data[f"newest_{axis}"]
+        if newest is None or data[axis].contains(newest):
+            out[axis] = None
+            continue
+        params = {"days": str(days)} | {f"{k}_last": f"{v:%Y-%m-%d}"
+                                         for k, v in pins.items() if v is not None}
+        params[f"{axis}_last"] = f"{newest:%Y-%m-%d}"
+        out[axis] = f"/overview?{urlencode(params)}"
+    return out
+
+
+def _view(svg: Markup, has_data: bool, what: str, window: DayWindow, newest: date | None,
+          link: str | None) -> ChartView:
+    if has_data:
+        return ChartView(svg)
+    note = f"no {what} between {window.first:%Y-%m-%d} and {window.last:%Y-%m-%d}"
+    if link is None or newest is None:
+        return ChartView(svg, note)
+    return ChartView(svg, note, link, f"show the {len(window.days)} days ending "
+                                      f"{newest:%Y-%m-%d}, the newest with data")
+
+
+def _charts(data: dict[str, Any], links: dict[str, str | None]) -> dict[str, ChartView]:
+    cw: DayWindow = data["captured"]
+    pw: DayWindow = data["processed"]
+    cap_x = f"capture day (UTC), {_span(cw)}"
+    proc_x = f"processing day (UTC), {_span(pw)}"
+    out: dict[str, ChartView] = {}
     for key, label in (("station", "station"), ("model", "model version")):
         for status in ("mismatch", "uncertain"):
-            series: dict[str, dict[datetime, float]] = defaultdict(dict)
+            series: dict[str, dict[date, float]] = defaultdict(dict)
             for r in data["rates"][key]:
                 series[r["series"]][r["day"]] = r[status] / r["total"] if r["total"] else 0.0
-            out[f"{status}_{key}"] = charts.rate_lines(f"{status} rate by {label}", days, series)
-    dead = {d: n / (n + data["events"].get(d, 0)) for d, n in data["dead"].items()}
-    out["dead"] = charts.rate_lines("dead-letter rate", days, {"all events": dead})
-    stacks: dict[str, dict[datetime, int]] = {"confirmed": {}, "dismissed": {}}
+            svg = charts.rate_lines(f"{status} rate by {label}", cw.days, series,
+                                    x_title=cap_x, y_title=f"{status} (% of verdicts)")
+            out[f"{status}_{key}"] = _view(svg, bool(series), "verdicts", cw,
+                                           data["newest_captured"], links["captured"])
+    judged: dict[date, int] = data["events"]
+    dead = {d: data["dead"].get(d, 0) / (data["dead"].get(d, 0) + judged.get(d, 0))
+            for d in set(judged) | set(data["dead"])}
+    svg = charts.rate_lines("dead-letter rate", pw.days, {"all events": dead},
+                            x_title=proc_x, y_title="dead letters (% of events)")
+    out["dead"] = _view(svg, bool(dead), "events processed", pw, data["newest_processed"],
+                        links["processed"])
+    stacks: dict[str, dict[date, int]] = {"confirmed": {}, "dismissed": {}}
     for r in data["reviews"]:
         stacks[r["review_state"]][r["day"]] = r["n"]
-    out["reviews"] = charts.stacked_bars("reviews per day", days, stacks)
+    svg = charts.stacked_bars("reviews per day", pw.days, stacks, x_title=f"review day "
+                              f"(UTC), {_span(pw)}", y_title="reviews (decisions)")
+    out["reviews"] = _view(svg, bool(data["reviews"]), "reviews", pw, data["newest_processed"],
+                           links["processed"])
     rows = []
     for r in data["agreement"]:
         n = r["reviewed"]
         rows.append((r["model_version"], r["confirmed"] / n,
                      f"{r['confirmed']}/{n} confirmed, {r['exact']} exact count"))
-    out["agreement"] = charts.hbars("reviews that confirmed the model", rows)
+    out["agreement"] = ChartView(charts.hbars("reviews that confirmed the model", rows,
+                                              x_title="reviewed mismatches confirmed (%)"))
     return out
 
 

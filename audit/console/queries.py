@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from core.tables import REVIEW_STATES
-from core.timewindow import parse_time
+from core.timewindow import choose_day_window, parse_time
 
 QUEUE_COLUMNS = (
     "discrepancy_id", "event_id", "bin_id", "captured_at", "station_id", "robot_id",
@@ -259,48 +259,91 @@ def filter_choices(conn: Connection) -> dict[str, list[str]]:
 
 # ---- overview ------------------------------------------------------------------------------
 
-def overview(conn: Connection, *, days: int, now: datetime | None = None) -> dict[str, Any]:
-    """Daily rates by station and by model version, dead letters, review throughput and how
-    reviews agreed with the model, over the last ``days`` days (UTC)."""
-    now = now or datetime.now(UTC)
-    since = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+def _utc_day(col: Any) -> Any:
+    """The UTC calendar day of a timestamptz, whatever the session's time zone."""
+    return func.date_trunc("day", func.timezone("UTC", col))
+
+
+def _as_day(value: Any) -> date:
+    return value.date() if isinstance(value, datetime) else value
+
+
+def newest_days(conn: Connection) -> tuple[date | None, date | None]:
+    """The newest capture day among verdicts, and the newest day anything was processed
+    (a verdict written, a dead letter seen, a review made), UTC."""
+    v, m = verdicts.c, mismatches.c
+    captured = conn.execute(select(func.max(v.captured_at))).scalar_one_or_none()
+    # The newest verdict row (primary key) stands for max(processed_at), which has no index.
+    processed = [conn.execute(select(v.processed_at).order_by(v.verdict_id.desc()).limit(1)
+                              ).scalar_one_or_none(),
+                 conn.execute(select(func.max(dead_letters.c.first_seen))).scalar_one_or_none(),
+                 conn.execute(select(func.max(m.reviewed_at))).scalar_one_or_none()]
+    newest = max((t for t in processed if t is not None), default=None)
+    return (captured.astimezone(UTC).date() if captured else None,
+            newest.astimezone(UTC).date() if newest else None)
+
+
+def overview(conn: Connection, *, days: int, now: datetime | None = None,
+             captured_last: date | None = None,
+             processed_last: date | None = None) -> dict[str, Any]:
+    """Daily rates by station and by model version over a window of capture days; dead
+    letters and review throughput over a window of processing days; how reviews agreed
+    with the model (all time). Each window is ``days`` whole UTC days chosen by
+    :func:`choose_day_window` (recent, else ending at the newest day with data)."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    newest_captured, newest_processed = newest_days(conn)
+    cw = choose_day_window(newest_captured, days=days, today=today, last=captured_last)
+    pw = choose_day_window(newest_processed, days=days, today=today, last=processed_last)
     v = verdicts.c
-    day = func.date_trunc("day", v.captured_at).label("day")
+    day = _utc_day(v.captured_at).label("day")
     share = (lambda status: func.count().filter(v.status == status))  # noqa: E731
     rates: dict[str, list[dict[str, Any]]] = {}
     for key, col in (("station", v.station_id), ("model", v.model_version)):
         query = (select(day, func.coalesce(col, "(none)").label("series"),
                         func.count().label("total"), share("mismatch").label("mismatch"),
                         share("uncertain").label("uncertain"))
-                 .where(v.captured_at >= since).group_by(literal_column("1"),
-                                                         literal_column("2"))
+                 .where(v.captured_at >= cw.start, v.captured_at < cw.stop)
+                 .group_by(literal_column("1"), literal_column("2"))
                  .order_by(literal_column("1")))
-        rates[key] = [dict(r) for r in conn.execute(query).mappings()]
-    events = (select(day, func.count(v.event_id.distinct()).label("events"))
-              .where(v.captured_at >= since).group_by(literal_column("1")))
-    dl_day = func.date_trunc("day", dead_letters.c.first_seen).label("day")
-    dead = (select(dl_day, func.count().label("dead"))
-            .where(dead_letters.c.first_seen >= since).group_by(literal_column("1")))
+        rates[key] = [dict(r) | {"day": _as_day(r["day"])}
+                      for r in conn.execute(query).mappings()]
+    p_day = _utc_day(v.processed_at).label("day")
+    events = (select(p_day, func.count(v.event_id.distinct()).label("events"))
+              .where(v.processed_at >= pw.start, v.processed_at < pw.stop)
+              .group_by(literal_column("1")))
+    dl = dead_letters.c
+    dead = (select(_utc_day(dl.first_seen).label("day"), func.count().label("dead"))
+            .where(dl.first_seen >= pw.start, dl.first_seen < pw.stop)
+            .group_by(literal_column("1")))
     m = mismatches.c
-    r_day = func.date_trunc("day", m.reviewed_at).label("day")
-    reviews = (select(r_day, m.review_state, func.count().label("n"))
-               .where(m.reviewed_at >= since, m.review_state.in_(("confirmed", "dismissed")))
+    reviews = (select(_utc_day(m.reviewed_at).label("day"), m.review_state,
+                      func.count().label("n"))
+               .where(m.reviewed_at >= pw.start, m.reviewed_at < pw.stop,
+                      m.review_state.in_(("confirmed", "dismissed")))
                .group_by(literal_column("1"), m.review_state).order_by(literal_column("1")))
-    agreement = (select(m.model_version, func.count().label("reviewed"),
-                        func.count().filter(m.review_state == "confirmed").label("confirmed"),
-                        func.count().filter(and_(m.review_state == "confirmed",
-                                                 m.reviewed_quantity == m.predicted_quantity))
-                        .label("exact"),
-                        func.avg(m.discrepancy_score.cast(Float)).label("mean_score"))
-                 .where(or_(m.review_state == "confirmed", m.review_state == "dismissed"))
-                 .group_by(m.model_version).order_by(m.model_version))
     open_count = conn.execute(select(func.count()).select_from(mismatches)
                               .where(m.review_state == "open")).scalar_one()
     return {
-        "since": since, "days": days, "rates": rates,
-        "events": {r["day"]: r["events"] for r in conn.execute(events).mappings()},
-        "dead": {r["day"]: r["dead"] for r in conn.execute(dead).mappings()},
-        "reviews": [dict(r) for r in conn.execute(reviews).mappings()],
-        "agreement": [dict(r) for r in conn.execute(agreement).mappings()],
+        "days": days, "captured": cw, "processed": pw,
+        "newest_captured": newest_captured, "newest_processed": newest_processed,
+        "rates": rates,
+        "events": {_as_day(r["day"]): r["events"] for r in conn.execute(events).mappings()},
+        "dead": {_as_day(r["day"]): r["dead"] for r in conn.execute(dead).mappings()},
+        "reviews": [dict(r) | {"day": _as_day(r["day"])}
+                    for r in conn.execute(reviews).mappings()],
+        "agreement": _agreement(conn),
         "open": int(open_count),
     }
+
+
+def _agreement(conn: Connection) -> list[dict[str, Any]]:
+    m = mismatches.c
+    query = (select(m.model_version, func.count().label("reviewed"),
+                    func.count().filter(m.review_state == "confirmed").label("confirmed"),
+                    func.count().filter(and_(m.review_state == "confirmed",
+                                             m.reviewed_quantity == m.predicted_quantity))
+                    .label("exact"),
+                    func.avg(m.discrepancy_score.cast(Float)).label("mean_score"))
+             .where(or_(m.review_state == "confirmed", m.review_state == "dismissed"))
+             .group_by(m.model_version).order_by(m.model_version))
+    return [dict(r) for r in conn.execute(query).mappings()]

@@ -2,16 +2,21 @@
 served by uvicorn over real HTTP, on the real Postgres and S3 (nothing downloaded: the system
 chromium and chromedriver are used). Without Chromium the tests skip locally and FAIL in CI
 (CI=true). Screenshots of the queue and the bin page go to $BINAUDIT_SCREENSHOT_DIR (default
-test-artifacts/console)."""
+test-artifacts/console); the demo data-path test regenerates docs/console-{queue,bin,overview}.png
+($BINAUDIT_DOCS_SCREENSHOT_DIR)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +25,22 @@ import uvicorn
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from audit.console.accounts import upsert_account
 from audit.console.app import create_app
+from core.settings import Settings
+from robots.manifests import WrongManifests
+from robots.publisher import EventPlan, PublishOptions, publish
 from tests.conftest import REPO_ROOT
 from tests.console_fixtures import PASSWORDS, REVIEWER, VIEWER, Seeded
+from worker.app import Worker
 
 pytestmark = pytest.mark.services
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SHOTS = Path(os.environ.get("BINAUDIT_SCREENSHOT_DIR", REPO_ROOT / "test-artifacts" / "console"))
+DOCS = Path(os.environ.get("BINAUDIT_DOCS_SCREENSHOT_DIR", REPO_ROOT / "docs"))
+SHIPPED = REPO_ROOT / "models" / "counter"
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 
@@ -61,13 +73,13 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     driver.quit()
 
 
-@pytest.fixture
-def server(console_seed: Seeded) -> Iterator[str]:
+@contextmanager
+def _serving(settings: Settings) -> Iterator[str]:
     """The console app on a real port (uvicorn in a thread)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(console_seed.settings), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_config=None, lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -76,9 +88,17 @@ def server(console_seed: Seeded) -> Iterator[str]:
     while not srv.started:
         assert time.monotonic() < deadline, "console did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(console_seed: Seeded) -> Iterator[str]:
+    with _serving(console_seed.settings) as base:
+        yield base
 
 
 def _wait(driver: Any, predicate: Any, what: str, timeout: float = 20) -> Any:
@@ -226,3 +246,122 @@ def test_viewer_reads_but_cannot_review(browser: Any, server: str, console_seed:
                             {"i": ident}).scalar_one() == "open"
     driver.get(f"{server}/overview?days=366")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart")) == 7
+
+
+# ---- the demo's data path: publish the sample, run the worker, look at the console ---------
+
+@pytest.fixture
+def demo_console(settings_factory: Callable[..., Settings], clean_db: Engine,
+                 bucket_factory: Callable[..., str], sample_dir: Path) -> Settings:
+    """What `make demo` leaves behind, on the test services: the whole real sample (350 bins)
+    published by the real publisher with 10 % wrong manifests at the publisher's fixed start
+    time (2026-01-01), judged by a real worker with the shipped counter, a reviewer account."""
+    bucket, topic = bucket_factory("demo"), f"test-demo-{uuid.uuid4().hex[:10]}"
+    settings = settings_factory(
+        s3={"bucket": bucket, "allowed_buckets": (bucket,)},
+        kafka={"topic": topic, "group_id": f"g-{topic}"},
+        worker={"model_path": SHIPPED, "exit_when_idle_s": 2.0, "metrics_port": None,
+                "device": "cpu"})
+    sent = publish(settings, PublishOptions(
+        source=sample_dir, topic=topic, progress=False,
+        plan=EventPlan(bucket=bucket, with_metadata=True),
+        wrong_manifests=WrongManifests(rate=0.1)))
+    assert sent.valid == 350
+    Worker(settings).run()
+    with clean_db.begin() as conn:
+        upsert_account(conn, name=REVIEWER, role="reviewer", password=PASSWORDS[REVIEWER])
+    return settings
+
+
+def _texts(figure: Any, selector: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.get_attribute("textContent") for e in figure.find_elements(By.CSS_SELECTOR,
+                                                                          selector)]
+
+
+def _check_chart(figure: Any) -> None:
+    """At least one drawn point or bar, distinct tick labels, a unit on every axis."""
+    from selenium.webdriver.common.by import By
+
+    name = figure.get_attribute("id")
+    assert not figure.find_elements(By.CSS_SELECTOR, ".chart-empty"), name
+    marks = figure.find_elements(By.CSS_SELECTOR, "svg circle.point, svg rect.bar")
+    assert any(float(m.get_attribute("r") or m.get_attribute("width")) > 0 for m in marks), name
+    for axis in ("tick-y", "tick-x"):
+        labels = _texts(figure, f"text.{axis}")
+        assert len(labels) == len(set(labels)), (name, axis, labels)
+    titles = _texts(figure, "text.axis-title")
+    assert all(t.strip() for t in titles), name
+    if name == "chart-agreement":
+        assert len(titles) == 1 and "%" in titles[0]
+        return
+    assert len(titles) == 2 and len(_texts(figure, "text.tick-y")) >= 2, name
+    assert "(UTC)" in titles[1]
+    ticks = _texts(figure, "text.tick-y")
+    assert all(t.endswith(" %") for t in ticks) or all(t.isdigit() for t in ticks), ticks
+
+
+def _full_page_shot(driver: Any, path: Path) -> None:
+    """The whole page, below the fold too (Chromium's DevTools capture)."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
+def test_demo_data_path_overview(browser: Any, demo_console: Settings) -> None:
+    """`make demo`, then the console as a newcomer sees it: the queue of the demo's mismatches,
+    a bin, two reviews, and an overview whose every chart draws the demo's data with legible
+    axes. Regenerates the screenshots in docs/."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    DOCS.mkdir(parents=True, exist_ok=True)
+    with _serving(demo_console) as base:
+        _sign_in(driver, base, REVIEWER, PASSWORDS[REVIEWER])
+        _wait(driver, lambda d: d.current_url.endswith("/queue"), "the queue after sign-in")
+        ids = _queue_ids(driver)
+        assert len(ids) >= 2, "the shipped counter flags some of the demo's bins"
+        _wait(driver, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('img.thumb')].every(i => i.complete "
+            "&& i.naturalWidth > 0)"), "thumbnails loaded")
+        driver.save_screenshot(str(DOCS / "console-queue.png"))
+        driver.find_element(By.CSS_SELECTOR, f'#queue tr[data-id="{ids[0]}"] a').click()
+        _wait(driver, _image_loaded, "the bin image to load")
+        assert driver.find_element(By.ID, "manifest").is_displayed()
+        driver.save_screenshot(str(DOCS / "console-bin.png"))
+        # confirm with the model's count (a mismatch's prediction is not the manifest's)
+        count = driver.find_element(By.ID, "count")
+        count.send_keys(driver.find_element(By.ID, "predicted").text)
+        count.send_keys(Keys.ESCAPE)
+        driver.find_element(By.TAG_NAME, "body").send_keys("c")  # the next bin opens
+        _wait(driver, lambda d: f"/bins/{ids[0]}" not in d.current_url, "the next bin")
+        _wait(driver, _image_loaded, "the next bin's image")
+        driver.find_element(By.TAG_NAME, "body").send_keys("d")  # dismiss
+        _wait(driver, lambda d: "flash" in d.page_source and "dismissed" in d.find_element(
+            By.ID, "flash").text, "the dismissal")
+
+        driver.get(f"{base}/overview")
+        today = datetime.now(UTC).date()
+        assert driver.find_element(By.ID, "captured-window").text == "2025-12-19 – 2026-01-01"
+        assert driver.find_element(By.ID, "processed-window").text.endswith(f"{today}")
+        figures = driver.find_elements(By.CSS_SELECTOR, "#charts figure")
+        assert len(figures) == 7
+        for figure in figures:
+            _check_chart(figure)
+        reviews = driver.find_element(By.ID, "chart-reviews")
+        assert len(reviews.find_elements(By.CSS_SELECTOR, "rect.bar")) == 2  # confirmed, dismissed
+        _full_page_shot(driver, DOCS / "console-overview.png")
+
+        # A window without data says so and links to the one that has it.
+        driver.get(f"{base}/overview?days=14&captured_last=2026-06-14")
+        empty = driver.find_element(By.CSS_SELECTOR, "#chart-mismatch-station .chart-empty")
+        assert "no verdicts between 2026-06-01 and 2026-06-14" in empty.text
+        empty.find_element(By.TAG_NAME, "a").click()
+        _wait(driver, lambda d: "captured_last=2026-01-01" in d.current_url, "the data's window")
+        _check_chart(driver.find_element(By.ID, "chart-mismatch-station"))
+        assert date.fromisoformat(driver.find_element(By.ID, "captured-window").text[-10:]) \
+            == date(2026, 1, 1)

@@ -1,7 +1,9 @@
 """Audit quality end to end on the real sample with 10 % wrong manifests: publish (truth file) →
-worker with the demo model → `summary --truth` and `replay --truth`. Every number of both
-reports is recomputed here directly from the database rows and the truth file, and the demo
-model keeps false alarms on correct manifests within the card's target."""
+worker with the shipped counter (models/counter) → `summary --truth` and `replay --truth`.
+Every number of both reports is recomputed here directly from the database rows and the truth
+file. The shipped counter's card thresholds make real decisions on the sample (matches and
+mismatches, not only `uncertain`), so these numbers depend on the decision rule: a model whose
+thresholds decide nothing would pass them whatever the rule did (issue 21)."""
 
 from __future__ import annotations
 
@@ -25,10 +27,16 @@ from core.settings import Settings
 from core.truth import TruthEntry, read_truth
 from robots.manifests import WrongManifests
 from robots.publisher import EventPlan, PublishOptions, publish
+from tests.conftest import REPO_ROOT
 from worker.app import Worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 RATE = 0.10
+SHIPPED = REPO_ROOT / "models" / "counter"
+# The card's target (2.5 %) was chosen on validation; on this sample the shipped counter
+# measures 4.4 % (bench/results/audit-quality.md, count-mix shift). A broken rule is far off:
+# the argmax rule flags 75 % of correct manifests there.
+SAMPLE_FALSE_ALARM_BOUND = 0.10
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,11 @@ class Audited:
 
 
 @pytest.fixture(scope="module")
-def audited(fresh_database: Callable[..., Any], demo_model: Path, sample_dir: Path,
+def audited(fresh_database: Callable[..., Any], sample_dir: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
+    if not (SHIPPED / "model.json").exists():
+        pytest.fail(f"the shipped counter is missing: {SHIPPED}")
+    model = SHIPPED
     out = tmp_path_factory.mktemp("quality")
     topic = f"test-quality-{uuid.uuid4().hex[:10]}"
     with fresh_database("binaudit_quality") as own:
@@ -55,7 +66,7 @@ def audited(fresh_database: Callable[..., Any], demo_model: Path, sample_dir: Pa
         settings = own.model_copy(update={
             "kafka": own.kafka.model_copy(update={"topic": topic, "group_id": f"g-{topic}"}),
             "worker": own.worker.model_copy(update={
-                "model_path": demo_model, "exit_when_idle_s": 2.0, "metrics_port": None,
+                "model_path": model, "exit_when_idle_s": 2.0, "metrics_port": None,
                 "device": "cpu"})})
         truth_path = out / "truth.csv"
         sent = publish(settings, PublishOptions(
@@ -67,7 +78,7 @@ def audited(fresh_database: Callable[..., Any], demo_model: Path, sample_dir: Pa
         engine = create_engine(settings.db.url.get_secret_value())
         try:
             yield Audited(settings, engine, topic, truth_path, read_truth(truth_path),
-                          demo_model, out)
+                          model, out)
         finally:
             engine.dispose()
 
@@ -130,12 +141,26 @@ def assert_report_equals(report: dict[str, Any], want: dict[str, Any]) -> None:
     assert {k: g["n"] for k, g in report["recall_by_kind"].items()} == want["by_kind"]
 
 
+def assert_decides(rows: list[Any]) -> None:
+    """The model made real decisions: matches and mismatches, not only ``uncertain``."""
+    statuses = [r.status for r in rows]
+    assert statuses.count("match") >= 3, statuses.count("match")
+    assert statuses.count("mismatch") >= 5, statuses.count("mismatch")
+
+
 def test_worker_rows_carry_calibrated_scores(audited: Audited) -> None:
     card = read_card(audited.model)
-    rows = _rows(audited.engine, "SELECT expected_quantity, status, class_probabilities, "
-                                 "p_expected, discrepancy_score FROM audit_results")
+    rows = _rows(audited.engine, "SELECT expected_quantity, predicted_quantity, status, "
+                                 "class_probabilities, p_expected, discrepancy_score "
+                                 "FROM audit_results")
     assert len(rows) == 350
+    assert_decides(rows)
+    policy = card.decision
     for r in rows:
+        if r.status == "uncertain":  # neither rule held
+            assert r.p_expected < policy.match_min_p
+            assert (r.discrepancy_score < policy.mismatch_min_score
+                    or r.predicted_quantity == r.expected_quantity)
         if r.expected_quantity in card.class_counts:
             assert r.p_expected == r.class_probabilities[str(r.expected_quantity)]
             assert r.discrepancy_score == pytest.approx(1 - r.p_expected)
@@ -169,11 +194,13 @@ def test_summary_quality_equals_direct_computation(audited: Audited) -> None:
     assert quality["wrong_manifests"] == sum(
         t.perturbation is not None for t in audited.truth.values())
     assert 20 <= quality["wrong_manifests"] <= 50
-    assert_report_equals(quality, direct(rows, audited.truth, ranked))
-    # The demo model stays within its card's target: it says uncertain instead.
-    target = read_card(audited.model).decision.target_false_alarm_rate
-    assert target == 0.05
-    assert quality["false_alarm_rate"] <= target
+    assert_decides(rows)
+    want = direct(rows, audited.truth, ranked)
+    assert_report_equals(quality, want)
+    # Non-trivial numbers: some false alarms and some wrong manifests caught, so a rule that
+    # flagged everything or nothing would change them.
+    assert 0 < want["false_alarm_rate"] <= SAMPLE_FALSE_ALARM_BOUND
+    assert 0 < want["recall"] < 1 and want["mismatch_precision"] is not None
 
 
 def test_replay_quality_equals_direct_computation(audited: Audited) -> None:
@@ -195,8 +222,9 @@ def test_replay_quality_equals_direct_computation(audited: Audited) -> None:
         audited.engine, "SELECT event_id FROM backtest_results WHERE run_id = :r AND "
                         "discrepancy_score IS NOT NULL ORDER BY discrepancy_score DESC, event_id",
         r=run_id)]
+    assert_decides(rows)
     assert_report_equals(quality, direct(rows, audited.truth, ranked))
-    assert quality["false_alarm_rate"] <= 0.05
+    assert 0 < quality["false_alarm_rate"] <= SAMPLE_FALSE_ALARM_BOUND
     # Same model, same calibration: replay's scores are the worker's.
     worker = {r.event_id: r.p_expected for r in _rows(
         audited.engine, "SELECT event_id, p_expected FROM audit_results")}
