@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from audit.console.accounts import upsert_account
 from audit.console.app import create_app
 from core.settings import Settings
+from core.timewindow import choose_day_window
 from robots.manifests import WrongManifests
 from robots.publisher import EventPlan, PublishOptions, publish
 from tests.conftest import REPO_ROOT
@@ -346,7 +347,10 @@ def test_demo_data_path_overview(browser: Any, demo_console: Settings) -> None:
 
         driver.get(f"{base}/overview")
         today = datetime.now(UTC).date()
-        assert driver.find_element(By.ID, "captured-window").text == "2025-12-19 – 2026-01-01"
+        shown = choose_day_window(date(2026, 1, 1), days=14, today=today)  # the capture day
+        assert driver.find_element(By.ID, "captured-window").text == \
+            f"{shown.first} – {shown.last}"
+        assert shown.contains(date(2026, 1, 1))
         assert driver.find_element(By.ID, "processed-window").text.endswith(f"{today}")
         figures = driver.find_elements(By.CSS_SELECTOR, "#charts figure")
         assert len(figures) == 7
