@@ -148,10 +148,11 @@ def review_command(
     status: Annotated[Decision, Opt(help="confirmed | dismissed")],
     note: Annotated[str | None, Opt(help="Free text for the record.")] = None,
     count: Annotated[int | None, Opt(help="The true count (required to confirm).")] = None,
-    reviewer: Annotated[str | None, Opt(help="Default: the OS user.")] = None,
 ) -> None:
-    """Record a review: who, when (UTC), the decision and the true count."""
-    decision = ReviewDecision(state=status.value, reviewer=reviewer or getpass.getuser(),
+    """Record a review: when (UTC), the decision and the true count. The reviewer recorded is
+    the database login of BINAUDIT_DB__URL (set by the database: review under your own login)."""
+    # The OS user only goes to the log; the database names the reviewer (migration 0006).
+    decision = ReviewDecision(state=status.value, reviewer=getpass.getuser(),
                               at=datetime.now(UTC), note=note, count=count)
     try:
         with open_engine(settings_of(ctx).db) as engine, engine.begin() as conn:

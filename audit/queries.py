@@ -2,9 +2,11 @@
 export of reviewed discrepancies as training data.
 
 Queries go through the view that migration 0002 creates (the ``binaudit_auditor`` role can read
-only views), so what the CLI shows is what an auditor's SQL client shows. A review records who
-and when (UTC) and the true count: for a confirmed mismatch the auditor's count, for a
-dismissed one the manifest's EXPECTED_QUANTITY. The export writes the trainer's auditors' CSV
+only views), so what the CLI shows is what an auditor's SQL client shows. A review records
+when (UTC) and the true count: for a confirmed mismatch the auditor's count, for a dismissed
+one the manifest's EXPECTED_QUANTITY. The database records who (migration 0006: a trigger names
+the reviewer from the database session, so a client cannot write another name) and keeps every
+review in ``discrepancy_reviews``. The export writes the trainer's auditors' CSV
 (``id,image_path,expected_quantity,...``, read by ``trainer.data.read_labels_csv``) and
 downloads each image next to it, so ``binaudit train prepare --labels OUT --source-dir DIR``
 turns audited bins into the next model's data.
@@ -35,7 +37,7 @@ from sqlalchemy import (
 )
 
 from core.settings import Settings
-from core.tables import REVIEW_STATES, discrepancies
+from core.tables import REVIEW_STATES, discrepancies, discrepancy_reviews
 from inference.images import ImageFetcher
 from schemas.events import parse_s3_uri
 from schemas.records import EventError, VerdictStatus
@@ -51,6 +53,8 @@ MISMATCH_COLUMNS = (
 )
 # The view (created by migration 0002, scores added by 0003; not part of the tables' MetaData).
 mismatches_view = table("mismatches", *(column(name) for name in MISMATCH_COLUMNS))
+# Migration 0006's view over the append-only discrepancy_reviews (auditors read views only).
+history_view = table("review_history", *(column(c.name) for c in discrepancy_reviews.c))
 REVIEW_DECISIONS = ("confirmed", "dismissed")
 MAX_PAGE_SIZE = 10_000
 
@@ -160,6 +164,7 @@ def list_mismatches(*, conn: Connection, filters: MismatchFilter,
 @dataclass(frozen=True)
 class ReviewDecision:
     state: str
+    # Who the caller says it is: logged, but the recorded reviewer is named by the database.
     reviewer: str
     at: datetime  # aware UTC
     note: str | None = None
@@ -205,10 +210,17 @@ def record_review(*, conn: Connection, discrepancy_id: int,
     values = review_values(dict(current), decision)
     after = conn.execute(update(discrepancies).where(d.id == discrepancy_id).values(**values)
                          .returning(*discrepancies.c)).mappings().one()
-    log.info("discrepancy %d (event %s, bin %s): %s by %s -> count %s", discrepancy_id,
-             current["event_id"], current["bin_id"], decision.state, decision.reviewer,
-             values["reviewed_quantity"])
+    log.info("discrepancy %d (event %s, bin %s): %s by %s (as %s) -> count %s",
+             discrepancy_id, current["event_id"], current["bin_id"], decision.state,
+             after["reviewer"], decision.reviewer, values["reviewed_quantity"])
     return dict(current), dict(after)
+
+
+def review_history(*, conn: Connection, discrepancy_id: int) -> list[dict[str, Any]]:
+    """Every review of a discrepancy, oldest first (``review_history``, migration 0006)."""
+    h = history_view.c
+    query = select(history_view).where(h.discrepancy_id == discrepancy_id).order_by(h.id)
+    return [dict(row) for row in conn.execute(query).mappings()]
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -289,14 +301,38 @@ def write_training_csv(rows: Sequence[TrainingRow], path: Path) -> Path:
     return path
 
 
-def download_images(settings: Settings, rows: Sequence[TrainingRow], base: Path
-                    ) -> tuple[list[TrainingRow], dict[str, str]]:
+class ExportTooLarge(AuditError):
+    """The export would pass one of its limits (rows, images or bytes)."""
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    """Bounds of one export (None: unbounded, as for the CLI run by an operator)."""
+
+    max_rows: int | None = None
+    max_images: int | None = None
+    max_bytes: int | None = None
+
+    def check_rows(self, rows: int, *, images: bool) -> None:
+        if self.max_rows is not None and rows > self.max_rows:
+            raise ExportTooLarge(f"{rows} reviewed rows: more than the export limit of "
+                                 f"{self.max_rows} (BINAUDIT_CONSOLE__EXPORT_MAX_ROWS)")
+        if images and self.max_images is not None and rows > self.max_images:
+            raise ExportTooLarge(f"{rows} images: more than the export limit of "
+                                 f"{self.max_images} (BINAUDIT_CONSOLE__EXPORT_MAX_IMAGES); "
+                                 "export the CSV without images instead")
+
+
+def download_images(settings: Settings, rows: Sequence[TrainingRow], base: Path,
+                    max_bytes: int | None = None) -> tuple[list[TrainingRow], dict[str, str]]:
     """Fetch each row's image to ``base / row.image_path`` (the worker's fetcher and limits).
 
-    Returns the rows whose image is on disk and, per failed id, why not.
+    Returns the rows whose image is on disk and, per failed id, why not. ExportTooLarge once
+    the images pass ``max_bytes`` (the fetches still pending are cancelled).
     """
     kept: list[TrainingRow] = []
     failed: dict[str, str] = {}
+    total = 0
     with ImageFetcher.from_settings(settings) as fetcher:
         futures = [(row, fetcher.fetch(row.image_uri)) for row in rows]
         for row, future in futures:
@@ -305,6 +341,10 @@ def download_images(settings: Settings, rows: Sequence[TrainingRow], base: Path
             except EventError as exc:
                 failed[row.id] = f"{exc.kind}: {exc}"
                 continue
+            total += len(data)
+            if max_bytes is not None and total > max_bytes:
+                raise ExportTooLarge(f"the images pass the export limit of {max_bytes} bytes "
+                                     "(BINAUDIT_CONSOLE__EXPORT_MAX_MB)")
             target = base / row.image_path
             target.parent.mkdir(parents=True, exist_ok=True)
             if not (target.is_file() and target.stat().st_size == len(data)):
@@ -322,18 +362,21 @@ class ExportReport:
 
 
 def export_reviewed(settings: Settings, *, conn: Connection, out: Path,
-                    images_dir: Path | None = None, download: bool = True) -> ExportReport:
+                    images_dir: Path | None = None, download: bool = True,
+                    limits: ExportLimits = ExportLimits()) -> ExportReport:
     """Reviewed discrepancies → the auditors' CSV at ``out`` (+ images under ``images_dir``,
     default ``<out folder>/images``; ``image_path`` is relative to the CSV's folder, the
     ``--source-dir`` to give ``binaudit train prepare``). Without download, ``image_path`` is
-    empty and the trainer looks the id up in its source folder's ABID layout."""
+    empty and the trainer looks the id up in its source folder's ABID layout. ExportTooLarge
+    (before anything is downloaded where it can be known) when ``limits`` are passed."""
     base = out.resolve().parent
     images = (images_dir or base / "images").resolve() if download else None
     relative = Path(os.path.relpath(images, base)).as_posix() if images is not None else ""
     rows = training_rows(reviewed_mismatches(conn=conn), images_dir=relative)
+    limits.check_rows(len(rows), images=download)
     failed: dict[str, str] = {}
     if download and rows:
-        rows, failed = download_images(settings, rows, base)
+        rows, failed = download_images(settings, rows, base, limits.max_bytes)
         for ident, why in failed.items():
             log.warning("image %s not exported: %s", ident, why)
     write_training_csv(rows, out)

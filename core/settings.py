@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -208,7 +208,9 @@ class ServeSettings(BaseModel):
     shutdown_grace_s: float = Field(20.0, ge=0)
 
 
+# The public placeholder older releases shipped as the default: refused everywhere.
 PLACEHOLDER_SESSION_SECRET = "dev-only-insecure-console-session-secret"
+MIN_SESSION_SECRET = 32
 
 
 class ConsoleSettings(BaseModel):
@@ -218,11 +220,13 @@ class ConsoleSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)
-    # Signs the session cookie. The placeholder is refused outside development/test.
-    session_secret: SecretStr = SecretStr(PLACEHOLDER_SESSION_SECRET)
+    # Signs the session cookie. None: a random secret per process (sessions end on restart and
+    # each replica has its own). Shorter than MIN_SESSION_SECRET is refused outside test.
+    session_secret: SecretStr | None = None
     session_max_age_s: int = Field(8 * 3600, ge=60)
-    # Secure cookies (HTTPS only): turn on behind TLS.
-    secure_cookies: bool = False
+    # Secure cookies (HTTPS only). None: on in production, off elsewhere; false in production
+    # is refused.
+    secure_cookies: bool | None = None
     # The console's own database login (migration 0004); it may only SET ROLE to the auditor
     # and reviewer roles. Host, port and database come from db.url.
     db_user: str = "binaudit_console"
@@ -244,16 +248,43 @@ class ConsoleSettings(BaseModel):
     thumbnail_px: int = Field(160, ge=32, le=1024)
     # Overview aggregates are recomputed at most this often.
     overview_cache_s: float = Field(60.0, ge=0)
+    # Sign-in throttling, per console process: this many failures within the window for one
+    # account name (or from one client address) answer 429 until the window has passed.
+    login_max_failures: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_failure_window_s: float = Field(300.0, gt=0)
+    # Password checks (argon2id, 64 MiB each) running at once; one more is answered 503.
+    login_concurrency: int = Field(2, ge=1)
+    # Export limits (one export at a time per process): rows, and with images their number
+    # and total size.
+    export_max_rows: int = Field(100_000, ge=1)
+    export_max_images: int = Field(5_000, ge=0)
+    export_max_mb: float = Field(2048.0, gt=0)
+
+    @field_validator("session_secret")
+    @classmethod
+    def _not_the_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() == PLACEHOLDER_SESSION_SECRET:
+            raise ValueError("BINAUDIT_CONSOLE__SESSION_SECRET is the public placeholder of "
+                             "older releases: set a random secret or leave it unset")
+        return value
+
+    def cookies_secure(self, environment: str) -> bool:
+        """Whether the session cookie carries ``Secure`` (default: in production only)."""
+        return self.secure_cookies if self.secure_cookies is not None else (
+            environment == "production")
 
     def secret_problem(self, environment: str) -> str | None:
-        """Why this session secret must not be used in ``environment`` (None: fine)."""
-        if environment in ("development", "test"):
-            return None
-        secret = self.session_secret.get_secret_value()
+        """Why these settings must not run the console in ``environment`` (None: fine)."""
+        secret = self.session_secret.get_secret_value() if self.session_secret else None
         if secret == PLACEHOLDER_SESSION_SECRET:
-            return "BINAUDIT_CONSOLE__SESSION_SECRET is the development placeholder"
-        if len(secret) < 32:
-            return "BINAUDIT_CONSOLE__SESSION_SECRET must be at least 32 characters"
+            return "BINAUDIT_CONSOLE__SESSION_SECRET is the public placeholder"
+        if secret is not None and environment != "test" and len(secret) < MIN_SESSION_SECRET:
+            return (f"BINAUDIT_CONSOLE__SESSION_SECRET must be at least {MIN_SESSION_SECRET} "
+                    "characters")
+        if environment == "production" and self.secure_cookies is False:
+            return ("BINAUDIT_CONSOLE__SECURE_COOKIES=false is refused in production: the "
+                    "session cookie must be HTTPS-only (serve the console behind TLS)")
         return None
 
 
@@ -292,3 +323,12 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     console: ConsoleSettings = ConsoleSettings()
     services: ServicesSettings = ServicesSettings()
+
+    @model_validator(mode="after")
+    def _console_fits_environment(self) -> Settings:
+        # Only explicit misconfigurations fail here (the defaults pass everywhere), so a
+        # worker that never serves the console is not held up by console settings.
+        problem = self.console.secret_problem(self.environment)
+        if problem:
+            raise ValueError(problem)
+        return self

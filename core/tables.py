@@ -195,3 +195,27 @@ console_users = Table(
     UniqueConstraint("name", name="uq_console_users_name"),
     CheckConstraint("role IN ('viewer','reviewer')", name="ck_console_users_role"),
 )
+
+# ---- review history (migration 0006) ---------------------------------------------------------
+# Append-only: filled by a trigger on every update of a discrepancy's review columns (the
+# reviewer named by the database, not the client); no application role may change it.
+discrepancy_reviews = Table(
+    "discrepancy_reviews",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("discrepancy_id", BigInteger, nullable=False),
+    Column("reviewer", Text, nullable=True),
+    Column("db_user", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("review_state", Text, nullable=False),
+    Column("reviewed_quantity", Integer, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("reviewed_at", DateTime(timezone=True), nullable=True),
+    Column("previous_state", Text, nullable=True),
+    Column("previous_reviewer", Text, nullable=True),
+    Column("previous_quantity", Integer, nullable=True),
+    Column("previous_note", Text, nullable=True),
+    Column("previous_reviewed_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_discrepancy_reviews_discrepancy", discrepancy_reviews.c.discrepancy_id,
+      discrepancy_reviews.c.id)

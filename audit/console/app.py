@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ from audit.console import auth_routes, pages
 from audit.console.database import make_console_engine
 from audit.console.images import ImageStore
 from audit.console.security import Forbidden, NotSignedIn, SecurityHeaders, csrf_token
-from core.settings import Settings
+from audit.console.throttle import LoginThrottle
+from core.settings import ConsoleSettings, Settings
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -38,6 +41,9 @@ class Console:
     engine: Engine
     images: ImageStore
     templates: Jinja2Templates
+    throttle: LoginThrottle
+    # Held while an export is built: one at a time per process (a second one gets 409).
+    export_lock: threading.Lock = field(default_factory=threading.Lock)
     # days -> (monotonic time computed, overview data)
     overview_cache: dict[int, tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
@@ -62,6 +68,21 @@ def templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+def _session_secret(cfg: ConsoleSettings) -> str:
+    if cfg.session_secret is not None:
+        return cfg.session_secret.get_secret_value()
+    log.warning("no BINAUDIT_CONSOLE__SESSION_SECRET: sessions are signed with a random "
+                "secret of this process; everyone signs in again after a restart, and "
+                "replicas do not share sessions")
+    return secrets.token_urlsafe(32)
+
+
+def _throttle(cfg: ConsoleSettings) -> LoginThrottle:
+    return LoginThrottle(max_failures=cfg.login_max_failures,
+                         max_failures_per_address=cfg.login_max_failures_per_address,
+                         window_s=cfg.login_failure_window_s, concurrency=cfg.login_concurrency)
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     cfg = settings.console
     problem = cfg.secret_problem(settings.environment)
@@ -69,7 +90,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         raise ConsoleConfigError(f"refusing to start the console: {problem}")
     own_engine = engine is None
     console = Console(settings, engine or make_console_engine(settings),
-                      ImageStore(settings), templates())
+                      ImageStore(settings), templates(), _throttle(cfg))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,9 +103,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.console = console
     app.add_middleware(SecurityHeaders, image_origin=console.images.origin()
                        if cfg.image_delivery == "presigned" else None)
-    app.add_middleware(SessionMiddleware, secret_key=cfg.session_secret.get_secret_value(),
+    app.add_middleware(SessionMiddleware, secret_key=_session_secret(cfg),
                        session_cookie="binaudit_console", max_age=cfg.session_max_age_s,
-                       same_site="lax", https_only=cfg.secure_cookies)
+                       same_site="lax", https_only=cfg.cookies_secure(settings.environment))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(auth_routes.router)
     app.include_router(pages.router)

@@ -33,12 +33,17 @@ def make_console_engine(settings: Settings) -> Engine:
 
 @contextmanager
 def as_account(engine: Engine, account: Account) -> Iterator[Connection]:
-    """A transaction running as ``account``'s database role; committed on success."""
+    """A transaction running as ``account``'s database role, with ``binaudit.reviewer`` set
+    to the account's name for this transaction only; committed on success."""
     role = account.db_role
     if role not in _ALLOWED_DB_ROLES:  # identifiers cannot be bound parameters: allow-list
         raise PermissionError(f"no database role for {account.role!r}")
     with engine.begin() as conn:
         conn.execute(text(f"SET LOCAL ROLE {role}"))
+        # Read by the review trigger (migration 0006): the reviewer is this account, whatever
+        # a form or a query says.
+        conn.execute(text("SELECT set_config('binaudit.reviewer', :name, true)"),
+                     {"name": account.name})
         yield conn
 
 

@@ -39,7 +39,15 @@ from audit.console.queries import (
     verdict_of,
 )
 from audit.console.security import Forbidden, check_csrf, current_account
-from audit.queries import AuditError, ReviewDecision, export_reviewed, record_review
+from audit.queries import (
+    AuditError,
+    ExportLimits,
+    ExportTooLarge,
+    ReviewDecision,
+    export_reviewed,
+    record_review,
+    review_history,
+)
 from core.timewindow import DayWindow
 
 log = logging.getLogger(__name__)
@@ -100,11 +108,13 @@ def bin_page(request: Request, discrepancy_id: int, q: str = Query("")) -> Respo
         counts = class_counts(conn, row["model_version"]) if isinstance(probabilities,
                                                                           list) else None
         history = bin_history(conn, row["bin_id"])
+        reviews = review_history(conn=conn, discrepancy_id=discrepancy_id)
         following = next_open(conn, filters, Cursor.of(row))
     bars = probability_bars(probabilities, counts)
     manifest = console.images.manifest(row["image_uri"])
     return console.render(request, "bin.html", row=row, bars=bars, history=history,
-                          manifest=manifest, next_id=following, qs=filters.query_string(),
+                          reviews=reviews, manifest=manifest, next_id=following,
+                          qs=filters.query_string(),
                           expected_label=str(row["expected_quantity"]),
                           predicted_label=str(row["predicted_quantity"]))
 
@@ -292,20 +302,53 @@ def _charts(data: dict[str, Any], links: dict[str, str | None]) -> dict[str, Cha
 
 
 @router.get("/export")
-def export(request: Request, images: bool = Query(False)) -> Response:
+def export_page(request: Request) -> Response:
+    """The export forms (an export is a POST: a link or an image tag cannot start one)."""
+    console = request.app.state.console
+    _account(request)
+    return console.render(request, "export.html", limits=console.settings.console)
+
+
+@router.post("/export")
+def export(request: Request, csrf: str = Form(""), images: bool = Form(False)) -> Response:
     """Reviewed bins as the trainer's auditors' CSV (``binaudit review export``), or a zip of
-    that CSV with the images."""
+    that CSV with the images: one export at a time per console process, within the limits
+    of ``console.export_max_*``; the work folder is removed whatever happens."""
     console = request.app.state.console
     account = _account(request)
+    check_csrf(request, csrf)
+    if not console.export_lock.acquire(blocking=False):
+        return console.render(request, "error.html", status_code=409, title="Export running",
+                              message="Another export is running: try again when it is done.")
     work = Path(tempfile.mkdtemp(prefix="binaudit-export-"))
-    cleanup = BackgroundTask(_remove, work)
+    try:
+        response = _build_export(request, account, work, images)
+    except ExportTooLarge as exc:
+        _remove(work)
+        log.warning("console export by %s refused: %s", account.name, exc)
+        return console.render(request, "error.html", status_code=413, title="Export too large",
+                              message=str(exc))
+    except BaseException:
+        _remove(work)
+        raise
+    finally:
+        console.export_lock.release()
+    return response
+
+
+def _build_export(request: Request, account: Account, work: Path, images: bool) -> Response:
+    console = request.app.state.console
+    cfg = console.settings.console
+    limits = ExportLimits(max_rows=cfg.export_max_rows, max_images=cfg.export_max_images,
+                          max_bytes=int(cfg.export_max_mb * 1024 * 1024))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with as_account(console.engine, account) as conn:
         report = export_reviewed(console.settings, conn=conn,
                                  out=work / "data" / "reviewed.csv",
-                                 download=images)
+                                 download=images, limits=limits)
     log.info("console export by %s: %d rows%s", account.name, report.rows,
              " with images" if images else "")
+    cleanup = BackgroundTask(_remove, work)
     if not images:
         return FileResponse(report.path, media_type="text/csv", background=cleanup,
                             filename=f"binaudit-reviewed-{stamp}.csv")

@@ -249,6 +249,37 @@ def test_viewer_reads_but_cannot_review(browser: Any, server: str, console_seed:
     assert len(driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart")) == 7
 
 
+def test_review_history_shown_and_export_through_the_form(
+        browser: Any, server: str, console_seed: Seeded, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    ident, driver = console_seed.ids["second"], browser
+    _sign_in(driver, server, REVIEWER, PASSWORDS[REVIEWER])
+    _wait(driver, lambda d: d.current_url.endswith("/queue"), "the queue after sign-in")
+    driver.get(f"{server}/bins/{ident}")
+    assert driver.find_element(By.ID, "no-reviews").is_displayed()
+    driver.find_element(By.ID, "note").send_keys("looked twice")
+    driver.find_element(By.ID, "dismiss").click()
+    _wait(driver, lambda d: f"/bins/{ident}" not in d.current_url, "the dismissal")
+    driver.get(f"{server}/bins/{ident}")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#review-history tbody tr")
+    assert len(rows) == 1
+    assert rows[0].find_element(By.CSS_SELECTOR, ".reviewer").text == REVIEWER
+    assert "looked twice" in rows[0].text and "dismissed" in rows[0].text
+    # the nav link opens the export page; the download is a POST of its form
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                           {"behavior": "allow", "downloadPath": str(tmp_path)})
+    driver.find_element(By.CSS_SELECTOR, 'header nav a[href="/export"]').click()
+    _wait(driver, lambda d: d.current_url.endswith("/export"), "the export page")
+    form = driver.find_element(By.ID, "export-csv")
+    assert form.get_attribute("method") == "post"
+    driver.find_element(By.ID, "export-csv-button").click()
+    done = _wait(driver, lambda d: [p for p in tmp_path.glob("binaudit-reviewed-*.csv")],
+                 "the CSV download", timeout=30)
+    lines = done[0].read_text().strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith(console_seed.image_ids["second"] + ",")
+
+
 # ---- the demo's data path: publish the sample, run the worker, look at the console ---------
 
 @pytest.fixture

@@ -112,6 +112,9 @@ def test_reviewer_updates_review_columns_only_viewer_nothing(admin: Engine,
                     "SELECT * FROM console_users",
                     "SELECT * FROM audit_results"):
             assert _sqlstate(conn, sql, i=ident) == INSUFFICIENT_PRIVILEGE, sql
+        # the review trigger (0006) wants the signed-in account's name from the console login
+        assert _sqlstate(conn, review, i=ident) == INSUFFICIENT_PRIVILEGE
+        conn.execute(text("SELECT set_config('binaudit.reviewer', 'rita', true)"))
         assert _sqlstate(conn, review, i=ident) is None
         conn.execute(text(review), {"i": ident})
     with admin.connect() as conn:
@@ -130,3 +133,40 @@ def test_downgrade_removes_console_objects_and_upgrade_restores(
     with login.connect() as conn, conn.begin():
         conn.execute(text("SET LOCAL ROLE binaudit_reviewer"))
         assert conn.execute(text("SELECT count(*) FROM discrepancies")).scalar_one() >= 1
+
+
+def _review_objects(admin: Engine) -> set[str]:
+    with admin.connect() as conn:
+        return set(conn.execute(text(
+            "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'discrepanc%' AND NOT tgisinternal "
+            "UNION SELECT proname FROM pg_proc WHERE proname IN ('binaudit_review_identity', "
+            "'binaudit_record_review', 'binaudit_history_append_only') "
+            "UNION SELECT relname FROM pg_class WHERE relname IN "
+            "('discrepancy_reviews', 'review_history')")).scalars())
+
+
+def test_0006_downgrade_removes_review_history_and_upgrade_restores(
+        roles_settings: Settings, admin: Engine, login: Engine) -> None:
+    upgrade(roles_settings, "head")
+    assert _review_objects(admin) >= {
+        "discrepancy_reviews", "review_history", "discrepancies_reviewer",
+        "discrepancies_review_history", "discrepancy_reviews_append_only",
+        "binaudit_review_identity", "binaudit_record_review", "binaudit_history_append_only"}
+    downgrade(roles_settings, "0005")
+    assert _review_objects(admin) == set()
+    ident = _seed(admin)
+    with admin.begin() as conn:  # 0005: the reviewer column is whatever the client writes
+        conn.execute(text("UPDATE discrepancies SET reviewer = 'anyone' WHERE id = :i"),
+                     {"i": ident})
+    upgrade(roles_settings, "head")
+    with login.connect() as conn, conn.begin():
+        conn.execute(text("SET LOCAL ROLE binaudit_auditor"))
+        assert conn.execute(text("SELECT count(*) FROM review_history")).scalar_one() == 0
+    with admin.begin() as conn:
+        conn.execute(text("UPDATE discrepancies SET reviewer = 'anyone' WHERE id = :i"),
+                     {"i": ident})
+        who, kept = conn.execute(text(
+            "SELECT d.reviewer, (SELECT count(*) FROM discrepancy_reviews r "
+            "WHERE r.discrepancy_id = d.id) FROM discrepancies d WHERE d.id = :i"),
+            {"i": ident}).one()
+    assert who == make_url(roles_settings.db.url.get_secret_value()).username and kept == 1
