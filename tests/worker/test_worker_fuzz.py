@@ -20,8 +20,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, text
 
+import worker.app as worker_app
 from core.producer import EventProducer
 from core.settings import Settings
+from worker.app import Worker
 
 pytestmark = pytest.mark.services
 
@@ -147,3 +149,56 @@ def test_fuzzed_records_each_end_as_one_verdict_or_dead_letter(
     committed, end = committed_and_end(settings, topic, group)
     assert committed == end, (committed, end)
     assert "Traceback" not in wp.log(), wp.log()[-4000:]
+
+
+def test_an_unexpected_exception_for_one_record_is_its_dead_letter(
+        settings_factory: Callable[..., Settings], topic_factory: Callable[..., str],
+        model_artifact: Path, sample_dir: Path, s3_client: Any, clean_db: Engine,
+        bucket_factory: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug nobody has found yet, simulated: the decoder (or the verdict builder) raises
+    something that is not an EventError for one record. That record becomes an
+    internal_error dead letter naming the exception class; the others flow; the worker ends
+    normally (it used to die, and die again on the same offset after a restart)."""
+    topic = topic_factory(partitions=1)
+    bucket = bucket_factory("fuzz-bug")
+    image = next((sample_dir / "images").glob("*.jpg"))
+    s3_client.put_object(Bucket=bucket, Key=f"bin-images/{image.stem}.jpg",
+                         Body=image.read_bytes())
+    settings = settings_factory(
+        kafka={"topic": topic, "group_id": f"g-{topic}"},
+        s3={"bucket": bucket, "allowed_buckets": (bucket,)},
+        worker={"model_path": model_artifact, "device": "cpu", "backend": "eager",
+                "exit_when_idle_s": 2.0, "metrics_port": None, "max_batch_size": 4})
+    real_decode, real_verdicts = worker_app.decode_event, worker_app.verdict_records
+
+    def decode(raw: bytes, **kw: Any) -> Any:
+        if b"poison-decode" in raw:
+            raise RuntimeError("a decoder bug")
+        return real_decode(raw, **kw)
+
+    def verdicts(**kw: Any) -> Any:
+        if kw["event"].bin_id == "poison-verdict":
+            raise ZeroDivisionError("a verdict bug")
+        return real_verdicts(**kw)
+
+    monkeypatch.setattr(worker_app, "decode_event", decode)
+    monkeypatch.setattr(worker_app, "verdict_records", verdicts)
+    with EventProducer(settings.kafka) as producer:
+        for i, bin_id in enumerate(["ok-1", "poison-decode", "poison-verdict", "ok-2"]):
+            event = valid_event(i, bucket, image.stem, 1) | {"bin_id": bin_id}
+            producer.send(topic, key=bin_id, value=json.dumps(event).encode())
+
+    stats = Worker(settings).run()
+
+    letters = rows(clean_db, 'SELECT "offset", error_kind, message FROM dead_letters '
+                             "WHERE topic = :t ORDER BY 1", t=topic)
+    assert [(r.offset, r.error_kind) for r in letters] == [(1, "internal_error"),
+                                                          (2, "internal_error")]
+    assert letters[0].message.startswith("RuntimeError: a decoder bug")
+    assert letters[1].message.startswith("ZeroDivisionError: a verdict bug")
+    verdict_offsets = rows(clean_db, 'SELECT "offset" FROM audit_results WHERE topic = :t '
+                                     "ORDER BY 1", t=topic)
+    assert [r.offset for r in verdict_offsets] == [0, 3]
+    assert stats.events == 4 and stats.dead_letters == {"internal_error": 2}
+    committed, end = committed_and_end(settings, topic, f"g-{topic}")
+    assert committed == end == {0: 4}
