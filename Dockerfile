@@ -50,6 +50,9 @@ RUN pip install --no-deps . \
 USER binaudit
 # SageMaker unpacks the model artifact here; compose and Kubernetes override it.
 ENV BINAUDIT_WORKER__MODEL_PATH=/opt/ml/model
+# `binaudit serve` binds 127.0.0.1 by default; in a container it must listen on every
+# interface (SageMaker and port publishing reach it from outside the container).
+ENV BINAUDIT_SERVE__HOST=0.0.0.0
 EXPOSE 8080 9108
 
 ENTRYPOINT ["binaudit"]

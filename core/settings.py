@@ -193,8 +193,15 @@ class ServeSettings(BaseModel):
 
     model_config = _FROZEN
 
-    host: str = "0.0.0.0"
+    # Loopback unless told: the Dockerfile and compose set BINAUDIT_SERVE__HOST=0.0.0.0.
+    host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # SageMaker's container contract: 8080
+    # When set, POST /invocations needs `Authorization: Bearer <token>` (else 401); /ping and
+    # /metrics stay open for health checks and scrapes. 16+ characters: no guessable token.
+    auth_token: SecretStr | None = Field(None, min_length=16)
+    # A client that sent its headers must deliver the whole body within this time, or get
+    # 408 and lose its slot (a slow-loris client would otherwise hold one of max_queue).
+    body_read_timeout_s: float = Field(15.0, gt=0)
     # SageMaker real-time invocations carry at most 6 MB; larger bodies get 413.
     max_body_bytes: int = Field(6 * 1024 * 1024, ge=1)
     # Requests admitted and not yet answered; one more gets 503 + Retry-After.

@@ -44,7 +44,7 @@ from inference.outcomes import verdict_records
 from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
 from inference.positions import Position
 from inference.retries import RetryBudget
-from schemas.events import BinEvent, decode_event
+from schemas.events import BinEvent, decode_event, unexpected_error
 from schemas.records import ErrorKind, EventError
 
 log = logging.getLogger(__name__)
@@ -310,17 +310,26 @@ class Replay:
                         summary.skipped += 1
                         bar.update(1)
                         continue
-                    try:
-                        event = decode_event(record.value or b"",
-                                             max_bytes=self.settings.kafka.max_message_bytes)
-                    except EventError as exc:
-                        log.info("%s: not an event (%s): %s", position, exc.kind, exc)
-                        row(position, None, error=exc)
+                    event = self._decode(position, record.value)
+                    if isinstance(event, EventError):
+                        row(position, None, error=event)
                         continue
                     pipeline.submit(WorkItem(position, event))
             summary.added += write_rows(engine, rows)
         finally:
             bar.close()
+
+    def _decode(self, position: Position, value: bytes | None) -> BinEvent | EventError:
+        """The record's event, or the error its row records (never an exception: one bad
+        record must not end a backtest)."""
+        try:
+            return decode_event(value or b"", max_bytes=self.settings.kafka.max_message_bytes)
+        except EventError as exc:
+            log.info("%s: not an event (%s): %s", position, exc.kind, exc)
+            return exc
+        except Exception as exc:  # noqa: BLE001 - an input nobody anticipated
+            log.exception("%s event -: decoding raised %s", position, type(exc).__name__)
+            return unexpected_error(exc)
 
     def _collect(self, pipeline: InferencePipeline, row: Any) -> None:
         while True:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import ValidationError
 
 from core.producer import EventProducer, ensure_topic
 from core.progress import progress as progress_of
@@ -30,7 +31,14 @@ from core.s3 import ensure_bucket, open_s3_client
 from core.settings import Settings
 from robots.manifests import ManifestPerturber, WrongManifests, truth_file, with_wrong_manifests
 from schemas.abid import AbidMetadata
-from schemas.events import BinEvent, encode_event, make_event_id
+from schemas.events import (
+    BinEvent,
+    describe_validation_error,
+    encode_event,
+    make_event_id,
+    parse_json_object,
+)
+from schemas.records import ErrorKind, EventError
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +91,31 @@ def load_samples(source_dir: Path) -> list[Sample]:
             log.warning("skipping %s: image or metadata missing in %s", image_id, source_dir)
             continue
         raw = meta.read_bytes()
-        samples.append(Sample(image_id, AbidMetadata.from_json_bytes(raw), raw, image))
+        sample = _sample_or_none(image_id, raw, image, where=str(meta))
+        if sample is not None:
+            samples.append(sample)
     return samples
+
+
+def read_metadata(raw: bytes) -> AbidMetadata:
+    """One ``metadata/<id>.json`` → AbidMetadata, or an EventError (invalid_json,
+    schema_violation) saying why not: the same strict JSON rules as a Kafka record."""
+    obj = parse_json_object(raw, what="metadata")
+    try:
+        return AbidMetadata.model_validate(obj)
+    except ValidationError as exc:
+        raise EventError(ErrorKind.SCHEMA_VIOLATION, describe_validation_error(exc)) from exc
+
+
+def _sample_or_none(image_id: str, raw: bytes, image: Path | None, *,
+                    where: str) -> Sample | None:
+    # One unreadable metadata file skips its sample, like a missing image does.
+    try:
+        return Sample(image_id, read_metadata(raw), raw, image)
+    except EventError as exc:
+        log.warning("skipping %s: %s is not usable ABID metadata (%s): %s", image_id, where,
+                    exc.kind, exc)
+        return None
 
 
 def _ordered_ids(source_dir: Path) -> list[str]:
@@ -133,7 +164,11 @@ def iter_events(samples: Sequence[Sample], plan: EventPlan) -> Iterator[BinEvent
 
 
 def _event(sample: Sample, i: int, plan: EventPlan) -> BinEvent:
-    captured = plan.start_time.astimezone(UTC) + timedelta(seconds=i * plan.interval_s)
+    try:
+        captured = plan.start_time.astimezone(UTC) + timedelta(seconds=i * plan.interval_s)
+    except OverflowError as exc:  # the CLI catches ValueError: a message, not a traceback
+        raise ValueError(f"captured_at of event {i} ({plan.start_time.isoformat()} + "
+                         f"{i} x {plan.interval_s}s) is outside years 1-9999") from exc
     return BinEvent(
         event_id=make_event_id(sample.id, captured), bin_id=sample.id, captured_at=captured,
         image_uri=f"s3://{plan.bucket}/{image_key(sample.id)}", manifest=sample.metadata,
@@ -166,7 +201,7 @@ class Message:
 
     key: str
     value: bytes
-    timestamp_ms: int
+    timestamp_ms: int | None  # None: the producer's clock (captured_at before 1970)
     event_id: str | None
     fault: str | None = None
 
@@ -201,11 +236,19 @@ def fault_message(name: str, *, index: int, base: BinEvent, bucket: str) -> Mess
                                     "manifest": None, "metadata_uri": None})
     value = encode_event(event)
     if name == "malformed_json":
-        return Message(bin_id, value[: len(value) // 2], base.timestamp_ms, None, name)
+        return Message(bin_id, value[: len(value) // 2], record_timestamp_ms(base), None, name)
     if name == "schema_violation":
         value = value.replace(f'"expected_quantity":{base.expected_quantity}'.encode(),
                               b'"expected_quantity":-3')
-    return Message(bin_id, value, base.timestamp_ms, event_id, name)
+    return Message(bin_id, value, record_timestamp_ms(base), event_id, name)
+
+
+def record_timestamp_ms(event: BinEvent) -> int | None:
+    """The Kafka record timestamp of ``event``: its capture time, or None (the producer's
+    clock) where Kafka has none for it: a record timestamp must be >= 0, i.e. from 1970 on
+    (captured_at itself may be any time of years 1-9999)."""
+    stamp = event.timestamp_ms
+    return stamp if stamp >= 0 else None
 
 
 def fault_objects(samples: Sequence[Sample]) -> dict[str, bytes]:
@@ -229,7 +272,8 @@ def iter_messages(events: Iterator[BinEvent], injector: FaultInjector,
                   bucket: str) -> Iterator[Message]:
     """Each event, followed (sometimes) by a fault record."""
     for i, event in enumerate(events):
-        yield Message(event.bin_id, encode_event(event), event.timestamp_ms, event.event_id)
+        yield Message(event.bin_id, encode_event(event), record_timestamp_ms(event),
+                      event.event_id)
         fault = injector.draw()
         if fault is not None:
             yield fault_message(fault, index=i, base=event, bucket=bucket)
@@ -289,7 +333,9 @@ async def load_samples_from_bucket(client: Any, bucket: str) -> list[Sample]:
         resp = await client.get_object(Bucket=bucket, Key=key)
         async with resp["Body"] as body:
             raw = await body.read()
-        samples.append(Sample(Path(key).stem, AbidMetadata.from_json_bytes(raw), raw, None))
+        sample = _sample_or_none(Path(key).stem, raw, None, where=f"s3://{bucket}/{key}")
+        if sample is not None:
+            samples.append(sample)
     return samples
 
 
@@ -356,7 +402,7 @@ def publish(settings: Settings, options: PublishOptions) -> PublishReport:
     if not samples:
         raise FileNotFoundError("no samples to publish")
     if options.create_topic:
-        ensure_topic(settings.kafka, topic, oldest_timestamp_ms=_ms(plan.start_time))
+        ensure_topic(settings.kafka, topic, oldest_timestamp_ms=max(0, _ms(plan.start_time)))
     report = PublishReport(topic=topic, bucket=plan.bucket, uploaded=stats.uploaded,
                            upload_skipped=stats.skipped)
     wrong = options.wrong_manifests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import uuid
 from datetime import UTC, datetime
@@ -34,6 +35,9 @@ SCHEMA_VERSION: Final = 1
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 MAX_EXPECTED_QUANTITY = 1000
 MAX_S3_KEY_BYTES = 1024
+# A v1 event nests 5 levels (event → manifest → BIN_FCSKU_DATA → SKU → measurement); deeper
+# values are refused before validation, so no later repr/dump/serialisation can hit a limit.
+MAX_JSON_DEPTH = 32
 
 # Fixed namespace: event ids derived from (bin id, capture time) are stable across runs/hosts.
 EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:binaudit:bin-event:v1")
@@ -59,7 +63,14 @@ def _exact_version(value: Any) -> Any:
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    # 9999-12-31T23:00-05:00 is a valid aware datetime whose UTC instant is past year 9999:
+    # astimezone raises OverflowError, which pydantic would not turn into a validation error
+    # (and the worker, re-reading the same offset, would die on every restart).
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is outside the representable range in UTC "
+                         "(years 1-9999)") from exc
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -105,7 +116,7 @@ def make_event_id(bin_id: str, captured_at: datetime) -> str:
     """Deterministic event id: uuid5 over the bin id and the ISO UTC capture time."""
     if captured_at.tzinfo is None or captured_at.utcoffset() is None:
         raise ValueError(f"captured_at must be timezone-aware (got {captured_at!r})")
-    stamp = captured_at.astimezone(UTC).isoformat(timespec="microseconds")
+    stamp = _to_utc(captured_at).isoformat(timespec="microseconds")
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{bin_id}\n{stamp}"))
 
 
@@ -179,7 +190,7 @@ def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Bin
     if len(raw) > max_bytes:
         raise EventError(ErrorKind.MESSAGE_TOO_LARGE,
                          f"message is {len(raw)} bytes, more than the limit of {max_bytes}")
-    obj = _parse_json_object(raw)
+    obj = parse_json_object(raw)
     version = obj.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version != SCHEMA_VERSION:
         raise EventError(ErrorKind.UNSUPPORTED_SCHEMA_VERSION,
@@ -194,28 +205,80 @@ def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Bin
         raise EventError(kind, describe_validation_error(exc)) from exc
 
 
-def _parse_json_object(raw: bytes) -> dict[str, Any]:
+def unexpected_error(exc: BaseException) -> EventError:
+    """The EventError for an exception nobody anticipated while handling one record: a
+    validation problem is ``schema_violation``; anything else ``internal_error`` naming the
+    exception's class (the record becomes a dead letter, the process goes on)."""
+    if isinstance(exc, EventError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return EventError(ErrorKind.SCHEMA_VIOLATION, describe_validation_error(exc))
+    detail = str(exc)[:500] or "(no message)"
+    return EventError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {detail}")
+
+
+def parse_json_object(raw: bytes, *, what: str = "message") -> dict[str, Any]:
+    """Strict JSON: UTF-8, a top-level object, finite numbers, no lone surrogates, at most
+    ``MAX_JSON_DEPTH`` deep. Anything else is an ``invalid_json`` EventError, never another
+    exception (``what`` names the input in the message: "message", "body"...)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EventError(ErrorKind.INVALID_JSON, f"message is not UTF-8: {exc}") from exc
+        raise EventError(ErrorKind.INVALID_JSON, f"{what} is not UTF-8: {exc}") from exc
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise EventError(ErrorKind.INVALID_JSON, f"message is not JSON: {exc}") from exc
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError as exc:  # also int strings over sys.get_int_max_str_digits()
+        raise EventError(ErrorKind.INVALID_JSON, f"{what} is not JSON: {exc}") from exc
     except RecursionError as exc:
         # e.g. b"[" * 100_000: a few hundred KB under the size limit, and json would crash the
-        # worker's loop (it catches EventError only) on every restart: a poison pill.
-        raise EventError(ErrorKind.INVALID_JSON, "message is JSON nested too deeply") from exc
+        # worker's loop on every restart: a poison pill.
+        raise EventError(ErrorKind.INVALID_JSON, f"{what} is JSON nested too deeply") from exc
     if not isinstance(obj, dict):
         raise EventError(ErrorKind.INVALID_JSON,
-                         f"message is JSON {type(obj).__name__}, not an object")
+                         f"{what} is JSON {type(obj).__name__}, not an object")
+    _check_depth_and_text(obj, what)
     return obj
+
+
+def _check_depth_and_text(obj: dict[str, Any], what: str) -> None:
+    # Iterative on purpose: recursion is exactly what a nesting bomb attacks.
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise EventError(ErrorKind.INVALID_JSON,
+                             f"{what} is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, str):
+            _check_text(value, what)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, what)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(value: str, what: str) -> None:
+    # "\ud800" is valid JSON but no UTF-8 text: such a value could be read but never written
+    # back (encode_event, a JSON log line, Postgres).
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EventError(ErrorKind.INVALID_JSON,
+                         f"{what} has a string with a lone surrogate escape: {exc.reason}") from exc
 
 
 def _reject_constant(name: str) -> Any:
     # NaN/Infinity are not JSON; Python's parser would accept them.
     raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _finite_float(literal: str) -> float:
+    # 1e999 is valid JSON syntax but parses to inf: as unusable as the Infinity constant.
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:40]} is out of the float range")
+    return value
 
 
 def _field(error: ErrorDetails) -> str:

@@ -3,7 +3,8 @@
 No sockets and no event loop here (``serve/server.py`` is the aiohttp adapter): content types,
 request parsing, the error → HTTP status table, response bodies and the endpoint's metrics.
 
-    POST /invocations
+    POST /invocations                 (with ``Authorization: Bearer <token>`` when
+                                        ``serve.auth_token`` is set; otherwise 401)
       image/jpeg | image/png | application/x-image   the image bytes
           → {count, confidence, probabilities, scores, model_version, class_counts}
       application/json   a BinEvent, or {"image_uri": "s3://...", "expected_quantity": N}
@@ -12,12 +13,13 @@ request parsing, the error → HTTP status table, response bodies and the endpoi
 Errors are ``{"error": kind, "message": ...}``; ``kind`` is an :class:`ErrorKind` value for
 problems with the request's content (the worker's dead-letter vocabulary) or one of the HTTP
 kinds below. A missing S3 object is 404 ``missing_object``; a bucket outside the allow-list is
-403 ``bucket_not_allowed``.
+403 ``bucket_not_allowed``. Whatever the body, a JSON request that cannot be used is a 4xx with
+its kind (400 ``invalid_json``, 422 ``schema_violation``...), never a 500.
 """
 
 from __future__ import annotations
 
-import json
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -34,6 +36,7 @@ from schemas.events import (
     S3Uri,
     decode_event,
     describe_validation_error,
+    parse_json_object,
 )
 from schemas.records import ErrorKind, EventError
 
@@ -52,6 +55,8 @@ class HttpKind(StrEnum):
     OVERLOADED = "overloaded"  # 503: max_queue requests already in flight
     UNAVAILABLE = "unavailable"  # 503: inference failed or the pipeline is stopping
     TIMEOUT = "timeout"  # 504: no answer within request_timeout_s (e.g. S3 down)
+    UNAUTHORIZED = "unauthorized"  # 401: serve.auth_token set, no or wrong bearer token
+    REQUEST_TIMEOUT = "request_timeout"  # 408: body not received within body_read_timeout_s
     NOT_FOUND = "not_found"  # 404: no such route
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     INTERNAL_ERROR = "internal_error"  # 500
@@ -61,18 +66,23 @@ class HttpError(Exception):
     """A refusal: status, kind and message become the JSON error body."""
 
     def __init__(self, status: int, kind: str, message: str, *,
-                 retry_after_s: int | None = None) -> None:
+                 retry_after_s: int | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.message = message
         self.retry_after_s = retry_after_s
+        # The connection is in an unknown state (a body half read): do not keep it alive.
+        self.close = close
 
     def body(self) -> dict[str, str]:
         return {"error": self.kind, "message": self.message}
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        headers = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="binaudit"'
+        return headers
 
 
 # Content problems: the request was well-formed HTTP but its content cannot be used.
@@ -92,7 +102,21 @@ _STATUS: dict[ErrorKind, int] = {
     ErrorKind.DECODE_ERROR: 422,
     ErrorKind.MODEL_ERROR: 500,
     ErrorKind.SHUTTING_DOWN: 503,
+    ErrorKind.ACCESS_DENIED: 403,
+    ErrorKind.DUPLICATE_EVENT_ID: 409,
+    ErrorKind.INTERNAL_ERROR: 500,
 }
+
+
+def check_bearer(authorization: str | None, token: str) -> None:
+    """Refuse (401) unless ``authorization`` is ``Bearer <token>``. Constant-time compare:
+    the answer's timing says nothing about how much of a guess was right."""
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    # compare_digest on bytes: a str with non-ASCII characters would raise TypeError.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")):
+        raise HttpError(401, HttpKind.UNAUTHORIZED,
+                        "missing or wrong bearer token (Authorization: Bearer <token>)")
 
 
 def http_error(err: EventError, *, from_s3: bool) -> HttpError:
@@ -141,13 +165,8 @@ def parse_event_request(raw: bytes, *, now: datetime) -> EventRequest:
     A body with ``bin_id`` or ``captured_at`` is a BinEvent (``decode_event``, the worker's own
     decoder); otherwise it is the short form, stamped with ``now``.
     """
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EventError(ErrorKind.INVALID_JSON, f"body is not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise EventError(ErrorKind.INVALID_JSON, f"body is JSON {type(obj).__name__}, "
-                                                 "not an object")
+    # The worker's strict parser: a nesting bomb, NaN or 1e999 is invalid_json, not a 500.
+    obj = parse_json_object(raw, what="body")
     if "bin_id" in obj or "captured_at" in obj:
         return EventRequest(decode_event(raw, max_bytes=len(raw)), full_event=True)
     try:

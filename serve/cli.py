@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def serve_command(
     ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="Listen port (SageMaker: 8080)")] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Listen address (default serve.host: 127.0.0.1; 0.0.0.0 in containers)")] = None,
     model: Annotated[Path | None, typer.Option(
         help="Model artifact directory (default settings.worker.model_path)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,

@@ -38,12 +38,14 @@ from inference.compare import Prediction, decide, policy_for
 from inference.counter import BinCounter
 from inference.images import S3, ImageFetcher
 from inference.pipeline import MODEL, InferencePipeline, Outcome, PipelineConfig, WorkItem
+from schemas.events import unexpected_error
 from schemas.records import EventError
 from serve.app import (
     HttpError,
     HttpKind,
     RequestKind,
     ServeMetrics,
+    check_bearer,
     classify,
     event_body,
     http_error,
@@ -110,9 +112,13 @@ class ModelServer:
                            port if port is not None else self.cfg.port)
         await site.start()
         bound = int(self._runner.addresses[0][1])
+        where = host if host is not None else self.cfg.host
+        auth = "bearer token required" if self.cfg.auth_token else "no auth token"
         log.info("serving on %s:%d (/ping, /invocations, /endpoints/<name>/invocations, "
-                 "/metrics); loading the model",
-                 host or self.cfg.host, bound)
+                 "/metrics; %s); loading the model", where, bound, auth)
+        if self.cfg.auth_token is None and where not in {"127.0.0.1", "::1", "localhost"}:
+            log.warning("listening on %s without serve.auth_token: anyone who reaches the port "
+                        "can invoke the model", where)
         return bound
 
     async def stop(self) -> None:
@@ -210,6 +216,9 @@ class ModelServer:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _invocations(self, request: web.Request) -> web.Response:
+        if self.cfg.auth_token is not None:  # before anything else: no state leaks to strangers
+            check_bearer(request.headers.get("Authorization"),
+                         self.cfg.auth_token.get_secret_value())
         if not self._ready:
             raise HttpError(503, HttpKind.NOT_READY, "model is not loaded yet",
                             retry_after_s=5)
@@ -220,16 +229,26 @@ class ModelServer:
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
         try:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge as exc:
-                raise _too_large(None, self.cfg.max_body_bytes) from exc
+            body = await self._read_body(request)
             if kind is RequestKind.IMAGE:
                 return await self._predict_image(body)
             return await self._predict_event(body)
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.set(self._in_flight)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body within ``body_read_timeout_s``: a client that sends headers and then
+        trickles (or withholds) the body gets 408, the connection is closed and its admission
+        slot freed, instead of holding one of ``max_queue`` for as long as it likes."""
+        try:
+            return await asyncio.wait_for(request.read(), self.cfg.body_read_timeout_s)
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _too_large(None, self.cfg.max_body_bytes) from exc
+        except TimeoutError as exc:
+            raise HttpError(408, HttpKind.REQUEST_TIMEOUT,
+                            f"body not received within {self.cfg.body_read_timeout_s}s",
+                            close=True) from exc
 
     def _admit(self, kind: RequestKind) -> None:
         """Refuse at once what cannot be served now. Admission counts the pipeline's own
@@ -262,6 +281,10 @@ class ModelServer:
             request = parse_event_request(body, now=datetime.now(UTC))
         except EventError as exc:
             raise http_error(exc, from_s3=False) from exc
+        except Exception as exc:  # noqa: BLE001 - whatever the body, a 400, never a 500
+            log.exception("request body: parsing raised %s", type(exc).__name__)
+            err = unexpected_error(exc)
+            raise HttpError(400, err.kind.value, err.message) from exc
         outcome = await self._run(WorkItem(None, request.event))
         prediction = _prediction_or_raise(outcome, from_s3=True)
         counter = self._model()
@@ -286,6 +309,8 @@ class ModelServer:
             response: web.StreamResponse = await handler(request)
         except HttpError as exc:
             response, kind = _error_response(exc), exc.kind
+            if exc.close:
+                await _send_and_close(request, response)
         except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
             err = _from_aiohttp(exc)
             response, kind = _error_response(err), err.kind
@@ -336,7 +361,19 @@ def _from_aiohttp(exc: web.HTTPException) -> HttpError:
 
 
 def _error_response(err: HttpError) -> web.Response:
-    return web.json_response(err.body(), status=err.status, headers=err.headers())
+    response = web.json_response(err.body(), status=err.status, headers=err.headers())
+    if err.close:
+        response.force_close()  # "Connection: close"
+    return response
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send ``response`` now and close the connection behind it. Left to aiohttp, a body
+    still unread would be drained for up to ``lingering_time`` (10 s) first: the very
+    slow-loris client the answer is for would keep its connection."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # transport.close(): what was written is still flushed
 
 
 async def run_server(server: ModelServer) -> None:

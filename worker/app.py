@@ -34,7 +34,7 @@ from inference.outcomes import dead_letter_record, verdict_records
 from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
 from inference.positions import Position, TopicPartitionKey
 from inference.retries import RetryBudget
-from schemas.events import decode_event
+from schemas.events import decode_event, unexpected_error
 from schemas.records import EventError
 from worker.health import WorkerHealth
 from worker.io.kafka_source import EventSource
@@ -190,6 +190,12 @@ class Worker:
         except EventError as exc:
             self._outcomes.put(Outcome(WorkItem(position, None, context=record), error=exc))
             return
+        except Exception as exc:  # noqa: BLE001 - one record must never end the process
+            # The offset is already tracked: a crash here would re-read it on every restart.
+            log.exception("%s event -: decoding raised %s", position, type(exc).__name__)
+            self._outcomes.put(Outcome(WorkItem(position, None, context=record),
+                                       error=unexpected_error(exc)))
+            return
         self.pipeline.submit(WorkItem(position, event, context=record))
 
     def _collect(self) -> None:
@@ -207,23 +213,31 @@ class Worker:
         assert pos is not None
         if outcome.retryable and self._retry(outcome):
             return
+        error = outcome.error
         if outcome.prediction is not None and item.event is not None:
-            verdict, discrepancy = verdict_records(
-                event=item.event, topic=pos.topic, partition=pos.partition, offset=pos.offset,
-                prediction=outcome.prediction, model_version=self.counter.version,
-                supported_counts=self.counter.card.class_counts, policy=self.policy)
-            self._pending.verdicts.append(verdict)
-            if discrepancy is not None:
-                self._pending.discrepancies.append(discrepancy)
-        else:
-            assert outcome.error is not None
-            record = item.context
-            log.warning("%s: dead letter %s: %s", item.describe(), outcome.error.kind,
-                        outcome.error)
-            self._pending.dead_letters.append(dead_letter_record(
-                topic=pos.topic, partition=pos.partition, offset=pos.offset,
-                key=getattr(record, "key", None), payload=getattr(record, "value", None),
-                event_id=item.event.event_id if item.event else None, error=outcome.error))
+            try:
+                verdict, discrepancy = verdict_records(
+                    event=item.event, topic=pos.topic, partition=pos.partition,
+                    offset=pos.offset, prediction=outcome.prediction,
+                    model_version=self.counter.version,
+                    supported_counts=self.counter.card.class_counts, policy=self.policy)
+            except Exception as exc:  # noqa: BLE001 - this record's dead letter, not a crash
+                log.exception("%s: building the verdict raised %s", item.describe(),
+                              type(exc).__name__)
+                error = unexpected_error(exc)
+            else:
+                self._pending.verdicts.append(verdict)
+                if discrepancy is not None:
+                    self._pending.discrepancies.append(discrepancy)
+                self._pending_positions.append(pos)
+                return
+        assert error is not None
+        record = item.context
+        log.warning("%s: dead letter %s: %s", item.describe(), error.kind, error)
+        self._pending.dead_letters.append(dead_letter_record(
+            topic=pos.topic, partition=pos.partition, offset=pos.offset,
+            key=getattr(record, "key", None), payload=getattr(record, "value", None),
+            event_id=item.event.event_id if item.event else None, error=error))
         self._pending_positions.append(pos)
 
     def _retry(self, outcome: Outcome) -> bool:

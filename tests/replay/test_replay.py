@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, create_engine, text
 from typer.testing import CliRunner
 
 from binaudit.cli import app
+from core.producer import EventProducer
 from core.settings import Settings
 from core.timewindow import WindowRequest, derive_run_id, parse_offsets, resolve_bounds
 from replay.backtest import Replay, ReplayOptions
@@ -299,3 +300,59 @@ def _check_report_against_sql(report: dict[str, Any], engine: Engine, run_id: st
     assert {c["event_id"] for c in prod["resolved_mismatches"]} == {
         p.event_id for p in pairs if p.production == "mismatch" and p.candidate != "mismatch"}
     assert all(c["image_uri"] and c["bin_id"] for c in prod["new_mismatches"])
+
+
+@pytest_services
+def test_replay_records_malformed_events_as_error_rows_and_finishes(
+        own_db: Settings, own_engine: Engine, topic_factory: Callable[..., str],
+        model_artifact: Path, sample_dir: Path) -> None:
+    """A captured_at that overflows in UTC used to raise OverflowError out of the decode and
+    end the whole backtest (run marked failed); now each bad record is one error row."""
+    topic = topic_factory(partitions=1)
+    settings = own_db.model_copy(update={
+        "kafka": own_db.kafka.model_copy(update={"topic": topic}),
+        "worker": own_db.worker.model_copy(update={"device": "cpu", "backend": "eager"})})
+    publish(settings, PublishOptions(
+        source=sample_dir, topic=topic, create_topic=False, progress=False,
+        plan=EventPlan(bucket=settings.s3.bucket, count=2, start_time=T0)))
+    good = json.loads(sent_value(settings, topic, 0))
+    bad = [json.dumps({**good, "event_id": "overflow-late",
+                       "captured_at": "9999-12-31T23:00:00-05:00"}).encode(),
+           json.dumps({**good, "event_id": "overflow-early",
+                       "captured_at": "0001-01-01T00:00:00+01:00"}).encode(),
+           b'{"bin_id": ' + b"[" * 100_000,
+           json.dumps(good).encode()[:-1] + b', "robot_id": "\\ud800"}',
+           json.dumps(good).encode().replace(b'"expected_quantity":', b'"x": 1e999, "q":')]
+    with EventProducer(settings.kafka) as producer:
+        for value in bad:
+            producer.send(topic, key="bad", value=value)
+
+    summary = Replay(settings, ReplayOptions(topic=topic, window=WindowRequest(),
+                                             model_path=model_artifact, progress=False)).run()
+
+    rows = _query(own_engine, 'SELECT "offset", status, error_kind, error_message '
+                              "FROM backtest_results WHERE run_id = :r ORDER BY 1",
+                  r=summary.run_id)
+    assert [r.offset for r in rows] == list(range(2 + len(bad)))
+    assert [r.status != "error" for r in rows[:2]] == [True, True]
+    assert [r.error_kind for r in rows[2:]] == ["schema_violation", "schema_violation",
+                                                "invalid_json", "invalid_json", "invalid_json"]
+    assert "outside the representable range" in rows[2].error_message
+    run = _query(own_engine, "SELECT status, events, errors FROM backtest_runs "
+                             "WHERE run_id = :r", r=summary.run_id)[0]
+    assert (run.status, run.events, run.errors) == ("finished", 2 + len(bad), len(bad))
+
+
+def sent_value(settings: Settings, topic: str, offset: int) -> bytes:
+    """The value of one record of partition 0 (read back group-less)."""
+    consumer = KafkaConsumer(**settings.kafka.consumer_kwargs(group_id=None))
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        for _ in range(50):
+            for record in consumer.poll(timeout_ms=200).get(tp, []):
+                return bytes(record.value)
+        raise AssertionError(f"no record at {topic}[0]@{offset}")
+    finally:
+        consumer.close(autocommit=False)

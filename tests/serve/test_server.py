@@ -17,8 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,72 +34,10 @@ from inference.counter import BinCounter
 from schemas.events import BinEvent, encode_event
 from serve.server import ModelServer, run_server
 from tests.hostile_images import png_header_bomb
+from tests.serve.harness import ServerFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {"count", "confidence", "probabilities", "scores", "class_counts", "model_version"}
-
-
-class ServerThread:
-    """A ModelServer on its own event loop in a daemon thread, on 127.0.0.1:<ephemeral>."""
-
-    def __init__(self, server: ModelServer) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="serve-test",
-                                       daemon=True)
-        self.url = ""
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        port = asyncio.run_coroutine_threadsafe(
-            self.server.start("127.0.0.1", 0), self.loop).result(timeout=30)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while requests.get(f"{self.url}/ping", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, f"/ping not 200 after {timeout}s"
-            time.sleep(0.1)
-
-    def invoke(self, body: bytes, content_type: str = "image/jpeg",
-               **kwargs: Any) -> requests.Response:
-        return requests.post(f"{self.url}/invocations", data=body,
-                             headers={"Content-Type": content_type}, timeout=60, **kwargs)
-
-    def metrics(self) -> str:
-        return requests.get(f"{self.url}/metrics", timeout=5).text
-
-
-ServerFactory = Callable[..., ServerThread]
-
-
-@pytest.fixture
-def server_factory(settings_factory: Callable[..., Settings],
-                   model_artifact: Path) -> Iterator[ServerFactory]:
-    """``server_factory(serve={...}, worker={...}, load_counter=...)``: a started server."""
-    started: list[ServerThread] = []
-
-    def make(*, load_counter: Callable[[], BinCounter] | None = None, ready: bool = True,
-             **sections: dict[str, Any]) -> ServerThread:
-        sections["worker"] = {"model_path": model_artifact, "device": "cpu",
-                              **sections.get("worker", {})}
-        server = ModelServer(settings_factory(**sections), load_counter=load_counter)
-        st = ServerThread(server).__enter__()
-        started.append(st)
-        if ready:
-            st.wait_ready()
-        return st
-
-    yield make
-    for st in started:
-        st.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
