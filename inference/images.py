@@ -153,7 +153,7 @@ class ImageFetcher:
     async def _get(self, bucket: str, key: str) -> bytes:
         uri = f"s3://{bucket}/{key}"
         backoff = Backoff(self.policy.backoff_initial_s, self.policy.backoff_max_s)
-        strikes = 0  # attempts judged the object's own failure
+        strikes = 0  # consecutive attempts judged the object's own failure
         while True:
             started = time.monotonic()
             try:
@@ -180,6 +180,7 @@ class ImageFetcher:
                                 "attempt %d of %d); retrying in %.1fs", uri, bucket, cause,
                                 strikes, self.policy.budget(cls), delay)
                 else:
+                    strikes = 0  # an outage says nothing about the object: start again
                     self.faults.report(S3, cause)
                     log.warning("S3 unavailable for %s (%s); retrying in %.1fs",
                                 uri, cause, delay)

@@ -88,10 +88,10 @@ def judge_failure(cls: FailureClass, view: BucketView, *, strikes: int, budget: 
                   outage_min_keys: int) -> Verdict:
     """Outage or the object's own failure, for one failed attempt (pure).
 
-    ``strikes`` counts this key's earlier attempts judged ``OBJECT``; ``budget`` is how many
-    such attempts end in a dead letter. Infrastructure classes are always an outage; a denied
-    or unclassified error is the object's only while other keys of the bucket are served, and
-    (unclassified) while fewer than ``outage_min_keys`` keys fail at once.
+    ``strikes`` counts this key's consecutive earlier attempts judged ``OBJECT``; ``budget``
+    is how many such attempts end in a dead letter. Infrastructure classes are always an
+    outage; a denied or unclassified error is the object's only while other keys of the bucket
+    are served, and (unclassified) while fewer than ``outage_min_keys`` keys fail at once.
     """
     if cls in (FailureClass.MISSING, FailureClass.INFRASTRUCTURE):
         return Verdict.OUTAGE if cls is FailureClass.INFRASTRUCTURE else Verdict.GIVE_UP

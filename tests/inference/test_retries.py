@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 import torch
 
 from inference.buckets import BucketHealth
@@ -32,7 +31,7 @@ def test_refusals_that_may_concern_one_object_are_denied(code: str) -> None:
     assert classify_s3_code(code) is FailureClass.DENIED
 
 
-D, U, I = FailureClass.DENIED, FailureClass.UNCLASSIFIED, FailureClass.INFRASTRUCTURE
+D, U, INF = FailureClass.DENIED, FailureClass.UNCLASSIFIED, FailureClass.INFRASTRUCTURE
 OUT, OBJ, GIVE = Verdict.OUTAGE, Verdict.OBJECT, Verdict.GIVE_UP
 
 
@@ -48,7 +47,7 @@ OUT, OBJ, GIVE = Verdict.OUTAGE, Verdict.OBJECT, Verdict.GIVE_UP
     # 5xx across several keys, or nothing else served: an outage
     (U, True, 3, 3, OUT), (U, True, 20, 0, OUT), (U, False, 1, 3, OUT),
     # infrastructure is never the object's
-    (I, True, 1, 99, OUT), (I, False, 1, 0, OUT),
+    (INF, True, 1, 99, OUT), (INF, False, 1, 0, OUT),
 ])
 def test_judge_failure(cls: FailureClass, served: bool, failing: int, strikes: int,
                        expected: Verdict) -> None:
