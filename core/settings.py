@@ -111,6 +111,9 @@ class S3Settings(BaseModel):
     # other keys are still served.
     outage_min_keys: int = Field(3, ge=2)
     bucket_window_s: float = Field(30.0, gt=0)
+    # Either budget ends no sooner than this after the key's first failure judged its own:
+    # the other keys of a burst or a revocation fail within it and make it an outage.
+    object_failure_min_s: float = Field(5.0, ge=0)
 
 
 class AbidSourceSettings(BaseModel):

@@ -63,6 +63,8 @@ class FetchPolicy:
     outage_min_keys: int = 3
     # How long a key's failure counts towards outage_min_keys.
     bucket_window_s: float = 30.0
+    # A key's budget ends no sooner than this after its first failure judged its own.
+    object_failure_min_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
@@ -72,7 +74,8 @@ class FetchPolicy:
                    max_bytes=w.max_image_bytes, backoff_initial_s=w.retry_backoff_initial_s,
                    backoff_max_s=w.retry_backoff_max_s, fetch_attempts=s3.fetch_attempts,
                    object_denied_attempts=s3.object_denied_attempts,
-                   outage_min_keys=s3.outage_min_keys, bucket_window_s=s3.bucket_window_s)
+                   outage_min_keys=s3.outage_min_keys, bucket_window_s=s3.bucket_window_s,
+                   object_failure_min_s=s3.object_failure_min_s)
 
     def budget(self, cls: FailureClass) -> int:
         return self.object_denied_attempts if cls is FailureClass.DENIED else self.fetch_attempts
@@ -154,6 +157,7 @@ class ImageFetcher:
         uri = f"s3://{bucket}/{key}"
         backoff = Backoff(self.policy.backoff_initial_s, self.policy.backoff_max_s)
         strikes = 0  # consecutive attempts judged the object's own failure
+        own_since = 0.0  # when the first of them failed
         while True:
             started = time.monotonic()
             try:
@@ -167,7 +171,10 @@ class ImageFetcher:
                     raise FetcherStopped(f"stopped while fetching {uri}") from exc
                 self.retries += 1
                 cls, cause = _failure_class(exc), _describe(exc)
-                verdict = await self._judge(bucket, key, cls, started=started, strikes=strikes)
+                if strikes == 0:
+                    own_since = time.monotonic()
+                verdict = await self._judge(bucket, key, cls, started=started, strikes=strikes,
+                                            own_since=own_since)
                 if verdict is Verdict.GIVE_UP:
                     self._health.forget(bucket, key)
                     self.faults.retried(S3)
@@ -175,6 +182,10 @@ class ImageFetcher:
                 delay = backoff.next()
                 if verdict is Verdict.OBJECT:
                     strikes += 1
+                    if strikes >= self.policy.budget(cls) - 1:
+                        # The attempt that may end the budget waits until it can.
+                        settled = own_since + self.policy.object_failure_min_s
+                        delay = max(delay, settled - time.monotonic())
                     self.faults.retried(S3)  # one object's problem: counted, no alert
                     log.warning("S3 error for %s while other objects of %r are served (%s, "
                                 "attempt %d of %d); retrying in %.1fs", uri, bucket, cause,
@@ -191,7 +202,7 @@ class ImageFetcher:
             return data
 
     async def _judge(self, bucket: str, key: str, cls: FailureClass, *, started: float,
-                     strikes: int) -> Verdict:
+                     strikes: int, own_since: float) -> Verdict:
         """Outage or the object's own failure: ask the rest of the bucket."""
         self._health.failed(bucket, key, cls, at=time.monotonic())
         if cls in (FailureClass.DENIED, FailureClass.UNCLASSIFIED):
@@ -202,7 +213,9 @@ class ImageFetcher:
         else:
             view = BucketView(others_served=False, failing_keys=0)
         return judge_failure(cls, view, strikes=strikes, budget=self.policy.budget(cls),
-                             outage_min_keys=self.policy.outage_min_keys)
+                             outage_min_keys=self.policy.outage_min_keys,
+                             failing_for_s=time.monotonic() - own_since,
+                             settle_s=self.policy.object_failure_min_s)
 
     async def _probe(self, bucket: str, exclude: str, *, since: float) -> None:
         """Ask S3 for another key of ``bucket`` (HEAD of one recently served, else the first

@@ -85,13 +85,16 @@ class BucketView:
 
 
 def judge_failure(cls: FailureClass, view: BucketView, *, strikes: int, budget: int,
-                  outage_min_keys: int) -> Verdict:
+                  outage_min_keys: int, failing_for_s: float = 0.0,
+                  settle_s: float = 0.0) -> Verdict:
     """Outage or the object's own failure, for one failed attempt (pure).
 
     ``strikes`` counts this key's consecutive earlier attempts judged ``OBJECT``; ``budget``
     is how many such attempts end in a dead letter. Infrastructure classes are always an
     outage; a denied or unclassified error is the object's only while other keys of the bucket
     are served, and (unclassified) while fewer than ``outage_min_keys`` keys fail at once.
+    The budget ends only once the object has failed as its own for ``settle_s``
+    (``failing_for_s``): the other keys of a burst fail within it, and turn it into an outage.
     """
     if cls in (FailureClass.MISSING, FailureClass.INFRASTRUCTURE):
         return Verdict.OUTAGE if cls is FailureClass.INFRASTRUCTURE else Verdict.GIVE_UP
@@ -99,7 +102,8 @@ def judge_failure(cls: FailureClass, view: BucketView, *, strikes: int, budget: 
         return Verdict.OUTAGE
     if cls is FailureClass.UNCLASSIFIED and view.failing_keys >= outage_min_keys:
         return Verdict.OUTAGE
-    return Verdict.GIVE_UP if strikes + 1 >= budget else Verdict.OBJECT
+    spent = strikes + 1 >= budget and failing_for_s >= settle_s
+    return Verdict.GIVE_UP if spent else Verdict.OBJECT
 
 
 @dataclass

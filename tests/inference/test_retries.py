@@ -133,3 +133,14 @@ def test_fault_board_keeps_the_outage_start_and_counts_retries() -> None:
     assert board.active()["s3"].cause == "AccessDenied: second"
     board.clear("s3")
     assert board.active() == {} and board.retries() == {"s3": 2}
+
+
+@pytest.mark.parametrize(("failing_for_s", "expected"), [(0.2, OBJ), (4.9, OBJ), (5.0, GIVE)])
+def test_a_budget_ends_only_once_the_object_has_failed_long_enough(
+        failing_for_s: float, expected: Verdict) -> None:
+    """A burst across keys needs a moment to show: the first key to fail must not spend its
+    budget (fast retries) before the others have failed too."""
+    view = BucketView(others_served=True, failing_keys=1)
+    for cls in (D, U):
+        assert judge_failure(cls, view, strikes=5, budget=3, outage_min_keys=3,
+                             failing_for_s=failing_for_s, settle_s=5.0) is expected
