@@ -95,11 +95,25 @@ class S3Settings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 5
-    # Per-event budget for S3 errors nobody classified (a 500 that persists for one key): after
-    # this many rounds (each with botocore's own retries) the event is a fetch_failed dead
-    # letter, so one poison object cannot stall its partition. Permission, credential, bucket
-    # and connection errors are not the event's fault: they are retried until fixed.
+    # Per-event budget for S3 errors nobody classified (a 500 that persists for one key while
+    # other keys of the bucket are served): after this many rounds (each with botocore's own
+    # retries) the event is a fetch_failed dead letter, so one poison object cannot stall its
+    # partition. Credential, bucket and connection errors are not the event's fault: they are
+    # retried until fixed, and so is any error the rest of the bucket shares (an outage).
     fetch_attempts: int = Field(4, ge=1)
+    # Per-event budget for a refusal of one object (AccessDenied/403 or a KMS error for this
+    # key while other keys of the bucket are served: a bucket policy or KMS key covering the
+    # object, or a missing key read without s3:ListBucket): then an access_denied dead letter.
+    # Refused everywhere (IAM policy revoked, credentials expired) is an outage instead.
+    object_denied_attempts: int = Field(3, ge=1)
+    # This many distinct keys of one bucket failing with 5xx/unclassified errors within
+    # bucket_window_s is an outage (paused, retried, alerted; no dead letters), even while
+    # other keys are still served.
+    outage_min_keys: int = Field(3, ge=2)
+    bucket_window_s: float = Field(30.0, gt=0)
+    # Either budget ends no sooner than this after the key's first failure judged its own:
+    # the other keys of a burst or a revocation fail within it and make it an outage.
+    object_failure_min_s: float = Field(5.0, ge=0)
 
 
 class AbidSourceSettings(BaseModel):
@@ -179,6 +193,9 @@ class WorkerSettings(BaseModel):
     # Test hook: while this file exists every forward pass raises (a model failing for a
     # while, like CUDA out of memory); the reliability suite creates and removes it.
     model_fault_flag: Path | None = None
+    # Test hook (never set it in production): a forward pass of more images than this raises
+    # an out-of-memory error, so that batch halving can be tested on CPU.
+    oom_above_batch: int | None = Field(None, ge=0)
     # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
     # succeeded, for this long.
     health_stall_s: float = Field(60.0, gt=0)

@@ -5,6 +5,11 @@
 Stages overlap: the pool decodes batch n+1 while the model runs batch n. Each submitted item
 ends as exactly one ``Outcome`` passed to ``on_outcome`` (a prediction or an error), from a
 pipeline thread; callers hand outcomes to their own thread through a queue or a future.
+
+A batch whose forward pass runs out of memory is split in halves, down to single images, and
+later forward passes are kept to the size that fitted. An image that still fails alone while
+others succeed is that event's ``internal_error`` dead letter; a model that fails on every
+image is a model fault (retried with backoff, alerted, never a dead letter).
 """
 
 from __future__ import annotations
@@ -30,13 +35,18 @@ from inference.faults import FaultBoard
 from inference.images import FetcherStopped, ImageFetcher
 from inference.metrics import PipelineMetrics
 from inference.positions import Position
-from inference.retries import Backoff
+from inference.retries import Backoff, is_out_of_memory
 from schemas.events import BinEvent
 from schemas.records import ErrorKind, EventError
 
 log = logging.getLogger(__name__)
 
 MODEL = "model"  # the dependency's name on the FaultBoard and in metrics
+# Forward passes at a size reduced after an out-of-memory error before the size is doubled
+# again (the memory may have been taken by something else for a while).
+REGROW_AFTER = 100
+
+Result = Prediction | Exception  # one image's forward-pass result
 
 
 @dataclass
@@ -73,6 +83,7 @@ class PipelineConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     model_fault_flag: Path | None = None
+    oom_above_batch: int | None = None  # test hook (WorkerSettings.oom_above_batch)
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, *, max_batch_size: int | None = None,
@@ -87,7 +98,8 @@ class PipelineConfig:
                    artificial_delay_s=worker.artificial_delay_s,
                    backoff_initial_s=worker.retry_backoff_initial_s,
                    backoff_max_s=worker.retry_backoff_max_s,
-                   model_fault_flag=worker.model_fault_flag)
+                   model_fault_flag=worker.model_fault_flag,
+                   oom_above_batch=worker.oom_above_batch)
 
 
 class InferencePipeline:
@@ -112,6 +124,10 @@ class InferencePipeline:
         self._stopping = False
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+        # Largest forward pass since an out-of-memory error (None: the whole batch); the
+        # inference thread's own.
+        self._forward_cap: int | None = None
+        self._capped_passes = 0
 
     # ---- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> InferencePipeline:
@@ -232,35 +248,80 @@ class InferencePipeline:
 
     def _run_batch(self, batch: list[tuple[WorkItem, torch.Tensor]]) -> None:
         items = [item for item, _ in batch]
-        stacked = torch.stack([t for _, t in batch])
+        tensors = [t for _, t in batch]
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.perf_counter()
-            try:
-                predictions = self._infer(stacked)
+            results = self._forward(tensors)
+            if any(isinstance(r, Prediction) for r in results):
                 break
-            except Exception as exc:  # the model's failure (OOM, broken artifact), not the events'
-                self.faults.report(MODEL, repr(exc))
-                delay = backoff.next()
-                log.error("inference failed for a batch of %d (first %s): %r; retrying the "
-                          "batch in %.1fs", len(items), items[0].describe(), exc, delay)
-                if self._wait_unless_stopping(delay):
-                    for item in items:  # left uncommitted: the next owner processes them
-                        self._finish(Outcome(item, error=EventError(
-                            ErrorKind.SHUTTING_DOWN, f"stopping while the model fails: {exc!r}"),
-                            retryable=True))
-                    return
+            # Every image failed: the model's failure (broken artifact, no memory at all),
+            # not the events'.
+            exc = results[0]
+            self.faults.report(MODEL, repr(exc))
+            delay = backoff.next()
+            log.error("inference failed for a batch of %d (first %s): %r; retrying the "
+                      "batch in %.1fs", len(items), items[0].describe(), exc, delay)
+            if self._wait_unless_stopping(delay):
+                for item in items:  # left uncommitted: the next owner processes them
+                    self._finish(Outcome(item, error=EventError(
+                        ErrorKind.SHUTTING_DOWN, f"stopping while the model fails: {exc!r}"),
+                        retryable=True))
+                return
         self.faults.clear(MODEL)
         if self.config.artificial_delay_s:
             time.sleep(self.config.artificial_delay_s)
         self.metrics.observe_batch(len(items), time.perf_counter() - started)
-        for item, prediction in zip(items, predictions, strict=True):
-            self._finish(Outcome(item, prediction=prediction))
+        for item, result in zip(items, results, strict=True):
+            self._finish(_outcome(item, result))
+
+    def _forward(self, tensors: list[torch.Tensor]) -> list[Result]:
+        """One result per image: the batch in passes of at most the current cap."""
+        cap = self._forward_cap or len(tensors)
+        results: list[Result] = []
+        for i in range(0, len(tensors), cap):
+            results.extend(self._forward_split(tensors[i:i + cap], splitting=False))
+        if self._forward_cap is not None and cap == self._forward_cap:
+            self._capped_passes += 1
+            if self._capped_passes >= REGROW_AFTER:
+                grown = cap * 2 if cap * 2 < self.config.max_batch_size else None
+                self._forward_cap, self._capped_passes = grown, 0
+                log.info("trying forward passes of up to %d images again",
+                         grown or self.config.max_batch_size)
+        return results
+
+    def _forward_split(self, tensors: list[torch.Tensor], *, splitting: bool) -> list[Result]:
+        """Run ``tensors``; out of memory (or any failure once splitting) splits them in
+        halves, down to single images, so that only an image failing alone fails."""
+        try:
+            return list(self._infer(torch.stack(tensors)))
+        except Exception as exc:  # the model's failure; which images it concerns is below
+            if len(tensors) == 1 or not (splitting or is_out_of_memory(exc)):
+                return [exc] * len(tensors)
+            if is_out_of_memory(exc):
+                self._shrink_after_oom(len(tensors), exc)
+            half = len(tensors) // 2
+            return (self._forward_split(tensors[:half], splitting=True)
+                    + self._forward_split(tensors[half:], splitting=True))
+
+    def _shrink_after_oom(self, size: int, exc: Exception) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give back what the failed pass held
+        cap = size // 2
+        if self._forward_cap is None or cap < self._forward_cap:
+            log.warning("out of memory in a forward pass of %d images (%r): splitting it, and "
+                        "passes of at most %d from now on", size, exc, cap)
+            self._forward_cap, self._capped_passes = cap, 0
 
     def _infer(self, batch: torch.Tensor) -> list[Prediction]:
         flag = self.config.model_fault_flag
         if flag is not None and flag.exists():
             raise RuntimeError(f"injected model fault ({flag} exists)")
+        limit = self.config.oom_above_batch
+        if limit is not None and batch.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError(
+                f"injected out of memory: a batch of {batch.shape[0]} > {limit} "
+                "(test hook oom_above_batch)")
         return self.counter.infer(batch)
 
     def _wait_unless_stopping(self, seconds: float) -> bool:
@@ -278,3 +339,15 @@ class InferencePipeline:
         with self._cond:
             self._in_flight -= 1
             self._cond.notify_all()
+
+
+def _outcome(item: WorkItem, result: Result) -> Outcome:
+    if isinstance(result, Prediction):
+        return Outcome(item, prediction=result)
+    # The model fails on this image alone while others succeed: the image's problem; a dead
+    # letter rather than a partition blocked for ever.
+    log.error("%s: the model fails on this image alone: %r", item.describe(), result)
+    return Outcome(item, error=EventError(
+        ErrorKind.INTERNAL_ERROR,
+        f"the model fails on this image alone ({type(result).__name__}: {result}) while "
+        "other images of its batch succeed"))
