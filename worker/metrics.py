@@ -53,18 +53,19 @@ class WorkerMetrics(PipelineMetrics):
 
 class HealthServer:
     """``/metrics`` (Prometheus text), ``/healthz`` (liveness: 200 when ``healthy()``) and
-    ``/readyz`` (200 when ``ready()``)."""
+    ``/readyz`` (200 when ``not_ready()`` is empty; the body names what is failing)."""
 
     def __init__(self, port: int, registry: CollectorRegistry,
-                 healthy: Callable[[], bool], ready: Callable[[], bool] | None = None) -> None:
+                 healthy: Callable[[], bool],
+                 not_ready: Callable[[], list[str]] | None = None) -> None:
         self.port = port
         self.registry = registry
         self.healthy = healthy
-        self.ready = ready or healthy
+        self.not_ready = not_ready or (lambda: [] if healthy() else ["unhealthy"])
         self._server: ThreadingHTTPServer | None = None
 
     def __enter__(self) -> HealthServer:
-        registry, healthy, ready = self.registry, self.healthy, self.ready
+        registry, healthy, not_ready = self.registry, self.healthy, self.not_ready
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -75,9 +76,9 @@ class HealthServer:
                     body, ctype, code = (b"ok" if ok else b"unhealthy"), "text/plain", (
                         200 if ok else 503)
                 elif self.path.startswith("/readyz"):
-                    ok = ready()
-                    body, ctype, code = (b"ready" if ok else b"not ready"), "text/plain", (
-                        200 if ok else 503)
+                    failing = not_ready()
+                    body = (f"not ready: {', '.join(failing)}" if failing else "ready").encode()
+                    ctype, code = "text/plain", 503 if failing else 200
                 else:
                     body, ctype, code = b"not found", "text/plain", 404
                 self.send_response(code)
