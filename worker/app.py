@@ -1,9 +1,10 @@
 """The worker: Kafka consumer-group member → shared inference pipeline → Postgres → commit.
 
 Delivery is at-least-once with idempotent writes, so effectively once:
-rows of a batch are written in one transaction (ON CONFLICT DO NOTHING), then the next
-offsets are committed; commits also run on partition revoke and on shutdown. A bad message
-becomes a dead-letter row and its offset advances; a broken dependency (Postgres, S3) pauses
+rows of a batch are written in one transaction (ON CONFLICT DO NOTHING), dead letters are
+mirrored to the DLQ topic (if set) and confirmed, then the next offsets are committed; commits
+also run on partition revoke and on shutdown. A bad message (or an event id reused by another
+event) becomes a dead-letter row and its offset advances; a broken dependency (Postgres, S3) pauses
 consumption and is retried, and no offset passes an unwritten row. So does a failing S3 (denied,
 bucket gone, unreachable) or a failing model: the pipeline retries, the worker pauses its
 partitions and raises the alert (``worker/health.py``), and resumes when the fault clears.
@@ -17,7 +18,6 @@ import signal
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -41,23 +41,10 @@ from worker.io.dlq import Position as LetterPosition
 from worker.io.duplicates import RecordSource
 from worker.io.kafka_source import EventSource
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch, WriteResult
-from worker.metrics import HealthServer, WorkerMetrics
+from worker.metrics import HealthServer, RunStats, WorkerMetrics
 from worker.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class RunStats:
-    events: int = 0
-    verdicts: dict[str, int] = field(default_factory=dict)
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished_at or time.monotonic()) - self.started_at
-
 
 class Worker:
     def __init__(self, settings: Settings, *, counter: BinCounter | None = None,
@@ -391,11 +378,8 @@ class Worker:
 
     def _update_lag(self) -> None:
         lags = self.source.lag() or {}
-        for tp, lag in lags.items():
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
         committed = self.source.committed_lag()
-        for tp, lag in (committed or {}).items():
-            self.metrics.committed_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.metrics.record_lag(lags, committed or {})
         self.health.backlog(None if committed is None else sum(committed.values()))
         written = sum(self.stats.verdicts.values()) + sum(self.stats.dead_letters.values())
         # Progress for people watching a long drain (the demo, a backlog after an outage).

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -16,8 +18,24 @@ from prometheus_client import (
 )
 
 from inference.metrics import PipelineMetrics
+from inference.positions import TopicPartitionKey
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    """What one run of the worker did (the CLI prints it)."""
+
+    events: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started_at
 
 
 class WorkerMetrics(PipelineMetrics):
@@ -49,6 +67,14 @@ class WorkerMetrics(PipelineMetrics):
                                      ["dependency"], registry=r)
         self.outages = Counter("binaudit_dependency_outages_total",
                                "Times a dependency started failing", ["dependency"], registry=r)
+
+    def record_lag(self, lags: Mapping[TopicPartitionKey, int],
+                   committed: Mapping[TopicPartitionKey, int]) -> None:
+        """Position lag and committed lag (the backlog not durable yet) per partition."""
+        for tp, lag in lags.items():
+            self.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        for tp, lag in committed.items():
+            self.committed_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 class HealthServer:

@@ -74,7 +74,13 @@ def dlq_message(letter: DeadLetterRecord, *, max_bytes: int) -> DlqMessage:
     doc["payload_truncated"] = letter.payload_truncated or len(kept) < len(payload)
     doc["truncated"] = (doc["key_truncated"] or doc["payload_truncated"]
                         or len(doc["message"]) < len(letter.message))
-    return DlqMessage(key=cut_key, value=json.dumps(doc).encode(), truncated=doc["truncated"])
+    value = json.dumps(doc).encode()
+    if len(cut_key) + len(value) > room:
+        # JSON escapes (\u0000 is 6 bytes for 1) in a tiny limit: keep the facts only.
+        doc |= {"key": None, "message": "", "payload": None, "truncated": True,
+                "payload_truncated": True}
+        value = json.dumps(doc).encode()
+    return DlqMessage(key=cut_key, value=value, truncated=doc["truncated"])
 
 
 class DeadLetterPublisher:

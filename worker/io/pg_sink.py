@@ -76,13 +76,15 @@ def _letter_rows(letters: list[DeadLetterRecord],
             for letter in letters]
 
 
-def _mine(discrepancy: DiscrepancyRecord, inserted: list[AuditVerdict]) -> bool:
-    """Whether ``discrepancy`` belongs to a verdict that was inserted (two records with one
-    event id share the discrepancy's key: only the judged one's may be written)."""
-    return any(key_of(v) == (discrepancy.event_id, discrepancy.model_version)
-               and v.status is VerdictStatus.MISMATCH and v.bin_id == discrepancy.bin_id
-               and v.expected_quantity == discrepancy.expected_quantity
-               and v.predicted_quantity == discrepancy.predicted_quantity for v in inserted)
+def _theirs(discrepancies: list[DiscrepancyRecord],
+            inserted: list[AuditVerdict]) -> list[DiscrepancyRecord]:
+    """The discrepancies of the verdicts that were inserted (two records with one event id
+    share the discrepancy's key: only the judged one's may be written)."""
+    judged = {(*key_of(v), v.bin_id, v.expected_quantity, v.predicted_quantity)
+              for v in inserted if v.status is VerdictStatus.MISMATCH}
+    return [d for d in discrepancies
+            if (d.event_id, d.model_version, d.bin_id, d.expected_quantity,
+                d.predicted_quantity) in judged]
 
 
 class ResultSink:
@@ -119,7 +121,7 @@ class ResultSink:
         try:
             with self.engine.begin() as conn:
                 inserted, result = self._verdicts(conn, batch.verdicts, source)
-                mine = [d for d in batch.discrepancies if _mine(d, inserted)]
+                mine = _theirs(batch.discrepancies, inserted)
                 if mine:
                     conn.execute(insert(discrepancies).on_conflict_do_nothing(
                         index_elements=["event_id", "model_version"]), _rows(mine))

@@ -51,6 +51,13 @@ def test_a_large_key_and_payload_are_cut_to_fit(max_bytes: int, key_bytes: int) 
     assert doc["payload_bytes"] == MAX_DEAD_LETTER_PAYLOAD
 
 
+@pytest.mark.parametrize("max_bytes", [2 * 1024, 8 * 1024])
+def test_json_escapes_still_fit(max_bytes: int) -> None:
+    msg = dlq_message(letter(key="\x00" * 5000, message="\x01" * 2000), max_bytes=max_bytes)
+    assert len(msg.key) + len(msg.value) <= max_bytes - ENVELOPE_HEADROOM
+    assert json.loads(msg.value)["truncated"] is True
+
+
 def test_a_key_is_never_cut_inside_a_character() -> None:
     msg = dlq_message(letter(key="é" * 4000), max_bytes=1_048_576)
     assert msg.key.decode("utf-8") == "é" * (MAX_DLQ_KEY_BYTES // 2)
