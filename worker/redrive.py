@@ -39,11 +39,12 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 30.0
 DEFAULT_MAX_REDRIVES = 3
 DEFAULT_BATCH_SIZE = 500
-# Kinds whose cause lies outside the event and can be fixed (an object restored, a permission
-# granted, a bug or the model fixed, a worker that was stopping): what a plain re-drive sends.
+# Kinds whose cause lies outside the event and can be fixed (an object uploaded late or
+# restored, a permission granted, a bug or the model fixed, a worker that was stopping): what a
+# plain re-drive sends. The rest are about the event itself and would only fail again.
 RETRYABLE_KINDS: tuple[ErrorKind, ...] = (
-    ErrorKind.FETCH_FAILED, ErrorKind.ACCESS_DENIED, ErrorKind.INTERNAL_ERROR,
-    ErrorKind.MODEL_ERROR, ErrorKind.SHUTTING_DOWN)
+    ErrorKind.FETCH_FAILED, ErrorKind.MISSING_OBJECT, ErrorKind.ACCESS_DENIED,
+    ErrorKind.INTERNAL_ERROR, ErrorKind.MODEL_ERROR, ErrorKind.SHUTTING_DOWN)
 
 
 @dataclass(frozen=True)
