@@ -101,7 +101,8 @@ class Worker:
                 self._dlq = DeadLetterPublisher(
                     stack.enter_context(EventProducer(self.settings.kafka, idempotent=False)),
                     self.settings.kafka.dlq_topic,
-                    max_bytes=self.settings.kafka.max_message_bytes)
+                    max_bytes=self.settings.kafka.max_message_bytes,
+                    on_refused=self.metrics.dlq_refused.inc)
             if self.cfg.metrics_port is not None:
                 stack.enter_context(HealthServer(self.cfg.metrics_port, self.metrics.registry,
                                                  self.health.healthy, self.health.not_ready))

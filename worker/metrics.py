@@ -67,6 +67,9 @@ class WorkerMetrics(PipelineMetrics):
                                      ["dependency"], registry=r)
         self.outages = Counter("binaudit_dependency_outages_total",
                                "Times a dependency started failing", ["dependency"], registry=r)
+        self.dlq_refused = Counter(
+            "binaudit_dlq_refused_total", "Dead letters the DLQ topic refused for their size "
+            "(kept in Postgres only)", registry=r)
 
     def record_lag(self, lags: Mapping[TopicPartitionKey, int],
                    committed: Mapping[TopicPartitionKey, int]) -> None:

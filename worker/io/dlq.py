@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,10 +90,12 @@ class DeadLetterPublisher:
     idempotent producer fails every later send once one record was refused for its size.
     """
 
-    def __init__(self, producer: EventProducer, topic: str, *, max_bytes: int) -> None:
+    def __init__(self, producer: EventProducer, topic: str, *, max_bytes: int,
+                 on_refused: Callable[[], object] = lambda: None) -> None:
         self.producer = producer
         self.topic = topic
         self.max_bytes = max_bytes
+        self.on_refused = on_refused  # e.g. a metric
         self.oversized = 0  # letters the broker refused for their size (kept in Postgres)
 
     def publish(self, letters: Iterable[DeadLetterRecord], *, done: set[Position]) -> bool:
@@ -144,6 +146,7 @@ class DeadLetterPublisher:
     def _refused(self, letter: DeadLetterRecord) -> None:
         # Retrying cannot make it smaller: the letter is in Postgres, the offset may advance.
         self.oversized += 1
+        self.on_refused()
         log.error("%s[%d]@%d event %s: DLQ topic %s refused the dead letter for its size; "
                   "kept in Postgres only", *_position(letter), letter.event_id or "-",
                   self.topic)
