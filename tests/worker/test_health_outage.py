@@ -1,5 +1,6 @@
 """``/healthz`` and ``/readyz`` of a real worker process while its Postgres is stopped: alive
-(paused on a known fault: a restart would not help) but not ready; ready again once it is back."""
+(paused on a known fault: a restart would not help) but not ready; ready again once it is back.
+Idle, the loop's periodic ``SELECT 1`` finds the outage too."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_healthz_stays_200_and_readyz_503_while_postgres_is_down(
         "health", kafka={"topic": topic, "group_id": f"g-{topic}"},
         worker={"model_path": model_artifact, "device": "cpu", "max_batch_size": 4,
                 "artificial_delay_s": 0.05, "health_stall_s": STALL_S,
-                "retry_backoff_max_s": 1.0})
+                "retry_backoff_max_s": 1.0, "health_ping_s": 1.0})
     wait_for(lambda: re.search(r"health on :(\d+)", wp.log()) is not None, 120, "the port")
     match = re.search(r"health on :(\d+)", wp.log())
     assert match is not None
@@ -68,5 +69,13 @@ def test_healthz_stays_200_and_readyz_503_while_postgres_is_down(
     wait_for(lambda: count_rows("audit_results", topic=topic) == 60, 180, "every row")
     wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, "ready again")
     assert probe(port, "/healthz")[0] == 200
+    # Idle (nothing to write): the loop's periodic SELECT 1 finds Postgres gone.
+    try:
+        supervisor.down(only=("postgres",))
+        wait_for(lambda: probe(port, "/readyz")[0] == 503, 30, "not ready while idle")
+        assert probe(port, "/healthz")[0] == 200
+    finally:
+        supervisor.up(only=("postgres",))
+    wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, "ready again after the ping")
     wp.proc.send_signal(signal.SIGTERM)
     assert wp.wait(timeout=60) == 0, wp.log()[-3000:]
