@@ -19,15 +19,21 @@ from schemas.events import BinEvent, encode_event
 log = logging.getLogger(__name__)
 
 _HEADERS = [("content-type", b"application/json"), ("schema-version", b"1")]
+# `binaudit dlq redrive` stamps the letter's new re-drive count on the record it republishes;
+# if that record fails again, its new dead letter inherits the count (``--max-redrives``).
+REDRIVE_COUNT_HEADER = "binaudit-redrive-count"
 
 
 class EventProducer:
     """``with EventProducer(settings.kafka) as p: p.send_event(topic, ev)``; flushes on exit."""
 
     def __init__(self, kafka: KafkaSettings, *, linger_ms: int = 20,
-                 flush_timeout_s: float = 60.0) -> None:
+                 flush_timeout_s: float = 60.0, idempotent: bool = True) -> None:
         self._kafka = kafka
         self._linger_ms = linger_ms
+        # kafka-python's idempotent producer turns every later send into the same error once
+        # the broker refused one record for its size; the DLQ (at-least-once anyway) opts out.
+        self._idempotent = idempotent
         self._flush_timeout_s = flush_timeout_s
         self._producer: KafkaProducer | None = None
 
@@ -38,6 +44,7 @@ class EventProducer:
             acks="all",
             linger_ms=self._linger_ms,
             max_request_size=self._kafka.max_message_bytes,
+            enable_idempotence=self._idempotent,
         )
         return self
 
@@ -63,6 +70,14 @@ class EventProducer:
         """Send raw bytes (also used for deliberately malformed records)."""
         return self.producer.send(topic, value=value, key=key.encode("utf-8"),
                                   timestamp_ms=timestamp_ms, headers=list(_HEADERS))
+
+    def send_raw(self, topic: str, *, key: bytes, value: bytes,
+                 headers: list[tuple[str, bytes]] | None = None) -> FutureRecordMetadata:
+        """Send a bytes key and value, with extra ``headers`` after the standard ones (the
+        DLQ topic; a re-drive's count). Raises ``MessageSizeTooLargeError`` when the record is
+        over ``max_request_size``."""
+        return self.producer.send(topic, value=value, key=key,
+                                  headers=[*_HEADERS, *(headers or [])])
 
     def send_event(self, topic: str, event: BinEvent) -> FutureRecordMetadata:
         """Send ``event`` keyed by bin id, with the record timestamp = captured_at (ms)."""

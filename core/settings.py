@@ -199,6 +199,9 @@ class WorkerSettings(BaseModel):
     # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
     # succeeded, for this long.
     health_stall_s: float = Field(60.0, gt=0)
+    # /readyz: while no row was written for this long, the loop checks Postgres with a
+    # `SELECT 1` at this interval (the probe reads the last result; it never connects).
+    health_ping_s: float = Field(10.0, gt=0)
     # Stop after this many quiet seconds once the group has no lag on any partition of the
     # topic (committed = end offsets), whoever owns it (demo and tests).
     exit_when_idle_s: float | None = None

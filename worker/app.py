@@ -1,9 +1,10 @@
 """The worker: Kafka consumer-group member → shared inference pipeline → Postgres → commit.
 
 Delivery is at-least-once with idempotent writes, so effectively once:
-rows of a batch are written in one transaction (ON CONFLICT DO NOTHING), then the next
-offsets are committed; commits also run on partition revoke and on shutdown. A bad message
-becomes a dead-letter row and its offset advances; a broken dependency (Postgres, S3) pauses
+rows of a batch are written in one transaction (ON CONFLICT DO NOTHING), dead letters are
+mirrored to the DLQ topic (if set) and confirmed, then the next offsets are committed; commits
+also run on partition revoke and on shutdown. A bad message (or an event id reused by another
+event) becomes a dead-letter row and its offset advances; a broken dependency (Postgres, S3) pauses
 consumption and is retried, and no offset passes an unwritten row. So does a failing S3 (denied,
 bucket gone, unreachable) or a failing model: the pipeline retries, the worker pauses its
 partitions and raises the alert (``worker/health.py``), and resumes when the fault clears.
@@ -17,10 +18,8 @@ import signal
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from core.model.preprocess import ImageLimits, Preprocessor
@@ -37,25 +36,15 @@ from inference.retries import RetryBudget
 from schemas.events import decode_event, unexpected_error
 from schemas.records import EventError
 from worker.health import WorkerHealth
+from worker.io.dlq import DeadLetterPublisher
+from worker.io.dlq import Position as LetterPosition
+from worker.io.duplicates import RecordSource
 from worker.io.kafka_source import EventSource
-from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch
-from worker.metrics import HealthServer, WorkerMetrics
+from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch, WriteResult
+from worker.metrics import HealthServer, RunStats, WorkerMetrics
 from worker.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class RunStats:
-    events: int = 0
-    verdicts: dict[str, int] = field(default_factory=dict)
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished_at or time.monotonic()) - self.started_at
-
 
 class Worker:
     def __init__(self, settings: Settings, *, counter: BinCounter | None = None,
@@ -69,6 +58,8 @@ class Worker:
         self._outcomes: queue.Queue[Outcome] = queue.Queue()
         self._pending = WriteBatch()
         self._pending_positions: list[Position] = []
+        self._written_now = WriteResult()  # what the last write of the pending batch added
+        self._dlq_done: set[LetterPosition] = set()  # letters the DLQ topic confirmed
         self._retries = RetryBudget()
         self._stop = threading.Event()
         self._sink_failed = False
@@ -80,7 +71,7 @@ class Worker:
         self._last_activity = time.monotonic()
         self._idle_checked_at = 0.0
         self.health = WorkerHealth(self.metrics, self.cfg.health_stall_s)
-        self._dlq: EventProducer | None = None
+        self._dlq: DeadLetterPublisher | None = None
 
     # ---- public ---------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -106,11 +97,15 @@ class Worker:
             self._register_model()
             fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
             self.pipeline = stack.enter_context(self._build_pipeline(counter, fetcher))
-            self._dlq = (stack.enter_context(EventProducer(self.settings.kafka))
-                         if self.settings.kafka.dlq_topic else None)
+            if self.settings.kafka.dlq_topic:
+                self._dlq = DeadLetterPublisher(
+                    stack.enter_context(EventProducer(self.settings.kafka, idempotent=False)),
+                    self.settings.kafka.dlq_topic,
+                    max_bytes=self.settings.kafka.max_message_bytes,
+                    on_refused=self.metrics.dlq_refused.inc)
             if self.cfg.metrics_port is not None:
                 stack.enter_context(HealthServer(self.cfg.metrics_port, self.metrics.registry,
-                                                 self.health.healthy, self.health.ready))
+                                                 self.health.healthy, self.health.not_ready))
             self.source = stack.enter_context(EventSource(
                 self.settings.kafka, on_revoke=self._on_revoke, on_assign=self._on_assign))
             self.health.started = True
@@ -146,9 +141,11 @@ class Worker:
         while not self._stop.is_set():
             self.health.turned()
             self._faulty = bool(self.health.watch(self.pipeline.faults))
+            self.health.coordinator(self.source.coordinator_known())
             self._collect()
             self._write_and_commit()
             self._apply_backpressure()
+            self._ping_postgres()
             for record in self.source.poll(timeout_ms=100, max_records=self._room()):
                 self._accept(record)
             if time.monotonic() - last_lag > 10:
@@ -205,7 +202,12 @@ class Worker:
                 outcome = self._outcomes.get_nowait()
             except queue.Empty:
                 return
+            before = len(self._pending_positions)
             self._add_outcome(outcome)
+            if len(self._pending_positions) > before and outcome.item.position is not None:
+                pos = outcome.item.position
+                self._pending.sources[(pos.topic, pos.partition, pos.offset)] = RecordSource.of(
+                    outcome.item.context)
 
     def _add_outcome(self, outcome: Outcome) -> None:
         item = outcome.item
@@ -257,40 +259,39 @@ class Worker:
     def _write_and_commit(self, *, commit: bool = True) -> None:
         if self._pending_positions and time.monotonic() >= self._sink_retry_at:
             try:
-                self.sink.write(self._pending)
+                self._written_now = self.sink.write(self._pending)
             except SinkUnavailable as exc:
                 delay = self._next_backoff()
                 self._sink_failed = True
+                self.health.postgres_ok(False, held=True)
                 self._sink_retry_at = time.monotonic() + delay
                 self.metrics.infra_retries.labels("postgres").inc()
                 log.warning("postgres unavailable (%s); %d rows held, retry in %.1fs",
                             exc, len(self._pending), delay)
                 return
+            self.health.postgres_ok(True)
             if not self._publish_dead_letters():
                 self._sink_retry_at = time.monotonic() + self._next_backoff()
+                self.health.dlq_ok(False)
                 return
+            self.health.dlq_ok(True)
             self._written()
         if commit:
             self._commit()
 
     def _publish_dead_letters(self) -> bool:
-        """Mirror dead letters to the DLQ topic (if set) before their offsets are committed.
-
-        On failure nothing is marked done: the rows are re-written (a no-op) and the letters
-        re-sent on the next try, so the DLQ is at-least-once like everything else.
-        """
-        topic = self.settings.kafka.dlq_topic
-        if self._dlq is None or topic is None or not self._pending.dead_letters:
+        """Mirror dead letters to the DLQ topic (if set), each confirmed, before their offsets
+        are committed. On a broker failure the rows are re-written (a no-op) and the letters
+        not confirmed yet re-sent on the next try: at-least-once like everything else."""
+        letters = [*self._pending.dead_letters, *self._written_now.duplicates]
+        if self._dlq is None or not letters:
             return True
-        try:
-            for letter in self._pending.dead_letters:
-                self._dlq.send(topic, key=letter.key or "",
-                               value=letter.model_dump_json().encode())
-            self._dlq.flush()
-        except KafkaError as exc:
-            log.warning("DLQ topic %s unavailable (%s); will retry", topic, exc)
-            return False
-        return True
+        return self._dlq.publish(letters, done=self._dlq_done)
+
+    def _ping_postgres(self) -> None:
+        # Readiness while nothing is written; the probe itself only reads the cached state.
+        if not self._sink_failed and self.health.postgres_check_due(self.cfg.health_ping_s):
+            self.health.postgres_ok(self.sink.reachable())
 
     def _written(self) -> None:
         if self._sink_failed:
@@ -298,10 +299,13 @@ class Worker:
         self._sink_failed = False
         self._sink_retry_at = 0.0
         self._backoff = self.cfg.retry_backoff_initial_s
+        not_judged = self._written_now.not_judged
         for v in self._pending.verdicts:
+            if (v.topic, v.partition, v.offset) in not_judged:
+                continue
             self.stats.verdicts[v.status.value] = self.stats.verdicts.get(v.status.value, 0) + 1
             self.metrics.events.labels(v.status.value).inc()
-        for d in self._pending.dead_letters:
+        for d in [*self._pending.dead_letters, *self._written_now.duplicates]:
             kind = d.error_kind.value
             self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
             self.metrics.events.labels("dead_letter").inc()
@@ -311,12 +315,16 @@ class Worker:
             self._retries.forget(pos)
         self._pending = WriteBatch()
         self._pending_positions = []
+        self._written_now = WriteResult()
+        self._dlq_done = set()
 
     def _commit(self) -> None:
         offsets = self.tracker.committable()
         if not offsets or time.monotonic() < self._commit_retry_at:
             return
-        if self.source.commit(offsets):
+        committed = self.source.commit(offsets)
+        self.health.kafka_ok(committed)
+        if committed:
             self.tracker.mark_committed(offsets)
             self.metrics.commits.inc()
             self.health.committed()
@@ -385,11 +393,8 @@ class Worker:
 
     def _update_lag(self) -> None:
         lags = self.source.lag() or {}
-        for tp, lag in lags.items():
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
         committed = self.source.committed_lag()
-        for tp, lag in (committed or {}).items():
-            self.metrics.committed_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.metrics.record_lag(lags, committed or {})
         self.health.backlog(None if committed is None else sum(committed.values()))
         written = sum(self.stats.verdicts.values()) + sum(self.stats.dead_letters.values())
         # Progress for people watching a long drain (the demo, a backlog after an outage).

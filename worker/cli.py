@@ -13,7 +13,13 @@ from core.model.card import ArtifactError
 from core.timewindow import parse_time
 from schemas.records import ErrorKind
 from worker.app import Worker
-from worker.redrive import RedriveFilter, redrive
+from worker.redrive import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_REDRIVES,
+    RETRYABLE_KINDS,
+    RedriveFilter,
+    redrive,
+)
 
 dlq_app = typer.Typer(help="Dead letters: re-drive them once their cause is fixed.")
 
@@ -52,7 +58,10 @@ def worker(
 def dlq_redrive(
     ctx: typer.Context,
     kind: Annotated[list[str] | None, typer.Option(
-        help=f"Only this error kind (repeatable): {', '.join(k.value for k in ErrorKind)}")] = None,
+        help="Only this error kind (repeatable; any of "
+             f"{', '.join(k.value for k in ErrorKind)}). Default: the retryable kinds, "
+             f"whose cause can be fixed outside the event: "
+             f"{', '.join(k.value for k in RETRYABLE_KINDS)}")] = None,
     since: Annotated[str | None, typer.Option(help="First seen at or after (ISO 8601)")] = None,
     until: Annotated[str | None, typer.Option(help="First seen before (ISO 8601)")] = None,
     source_topic: Annotated[str | None, typer.Option(
@@ -60,6 +69,11 @@ def dlq_redrive(
     topic: Annotated[str | None, typer.Option(
         help="Republish to this topic (default: the topic each letter came from)")] = None,
     dry_run: Annotated[bool, typer.Option(help="Count what would be sent; send nothing")] = False,
+    max_redrives: Annotated[int, typer.Option(
+        min=1, help="Skip letters already re-driven this many times")] = DEFAULT_MAX_REDRIVES,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Letters per transaction (selected, sent, confirmed, marked)")
+    ] = DEFAULT_BATCH_SIZE,
 ) -> None:
     """Republish stored dead-letter payloads (after a fix) and mark them re-driven; a second
     run sends nothing again."""
@@ -72,11 +86,14 @@ def dlq_redrive(
     except ValueError as exc:
         fail(f"invalid option: {exc}")
     with open_engine(settings.db) as engine:
-        report = redrive(engine, settings.kafka, flt, to_topic=topic, dry_run=dry_run)
+        report = redrive(engine, settings.kafka, flt, to_topic=topic, dry_run=dry_run,
+                         max_redrives=max_redrives, batch_size=batch_size)
     verb = "would re-drive" if dry_run else "re-drove"
+    batches = "" if dry_run else f" in {report.batches} batches"
     console.print(f"{verb} {report.sent if not dry_run else sum(report.by_kind.values())} "
-                  f"dead letters {dict(report.by_kind)}; {report.unsendable} without a "
-                  f"complete payload left as they are")
+                  f"dead letters {dict(report.by_kind)}{batches}; {report.unsendable} without "
+                  f"a complete payload left as they are; {report.over_limit} re-driven "
+                  f"{max_redrives} times already skipped")
 
 
 def register(app: typer.Typer) -> None:

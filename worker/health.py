@@ -2,7 +2,13 @@
 
 Liveness is about progress, not about the process being up: unhealthy when the consume loop
 has not turned for ``stall_s`` seconds, or when the group has a backlog and no commit has
-succeeded for ``stall_s`` seconds. Readiness: started, not stopping, no dependency failing.
+succeeded for ``stall_s`` seconds *and no fault explains it*. A worker paused on a known fault
+(a dependency alert: S3, the model; Postgres down with the batch held; the DLQ topic refusing
+sends) is doing what it should: a restart would not help, so it stays live.
+Readiness: started, not stopping, no dependency failing (the alert), Postgres reachable (the
+last write, or the loop's periodic ``SELECT 1``), Kafka reachable (the group coordinator is
+known and the last commit did not fail). The probes only read state the loop recorded: no
+network call per probe.
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ class WorkerHealth:
         self._last_progress = now
         self._alerted: dict[str, float] = {}  # dependency -> when its alert was last logged
         self._retries_seen: dict[str, int] = {}
+        self._backlog: int | None = None
+        self._postgres_up = True
+        self._postgres_held = False  # Postgres down with a batch waiting to be written
+        self._postgres_seen_at = now  # last successful write or ping
+        self._postgres_checked_at = now
+        self._dlq_up = True
+        self._coordinator_known = True
+        self._commit_ok = True
 
     # ---- what the loop reports ------------------------------------------------------
     def turned(self) -> None:
@@ -42,17 +56,61 @@ class WorkerHealth:
 
     def backlog(self, committed_lag: int | None) -> None:
         """The group's committed lag on our partitions (None: the broker could not say)."""
+        self._backlog = committed_lag
         if committed_lag == 0:
             self._last_progress = time.monotonic()  # nothing to commit is not a stall
+
+    def postgres_ok(self, ok: bool, *, held: bool = False) -> None:
+        """The last write or ping of Postgres succeeded (or not; ``held``: a batch waits)."""
+        self._postgres_up = ok
+        self._postgres_held = held and not ok
+        if ok:
+            self._postgres_seen_at = time.monotonic()
+
+    def postgres_check_due(self, every_s: float) -> bool:
+        """Whether the loop should check Postgres now: nothing succeeded for ``every_s``
+        seconds (a write counts), and no check in that time either."""
+        now = time.monotonic()
+        if now - max(self._postgres_seen_at, self._postgres_checked_at) < every_s:
+            return False
+        self._postgres_checked_at = now
+        return True
+
+    def dlq_ok(self, ok: bool) -> None:
+        """The last DLQ publish was confirmed (False: the broker failed; batch held)."""
+        self._dlq_up = ok
+
+    def kafka_ok(self, ok: bool) -> None:
+        """The last commit succeeded (False: refused or broker unreachable)."""
+        self._commit_ok = ok
+
+    def coordinator(self, known: bool) -> None:
+        """Whether the consumer knows its group coordinator (from the loop, each turn)."""
+        self._coordinator_known = known
+
+    def known_faults(self) -> list[str]:
+        """Why the worker is paused on purpose (empty: no fault explains a stall)."""
+        return [*self._alerted, *(["postgres"] if self._postgres_held else []),
+                *([] if self._dlq_up else ["dlq"])]
 
     # ---- what the probes ask --------------------------------------------------------
     def healthy(self) -> bool:
         now = time.monotonic()
-        return (self.started and now - self._last_turn < self.stall_s
-                and now - self._last_progress < self.stall_s)
+        if not self.started or now - self._last_turn >= self.stall_s:
+            return False
+        return (now - self._last_progress < self.stall_s or self._backlog == 0
+                or bool(self.known_faults()))
 
     def ready(self) -> bool:
-        return self.started and not self.stopping and not self._alerted
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """What keeps the worker from being ready (empty: ready)."""
+        checks = {"not started": not self.started, "stopping": self.stopping,
+                  "postgres": not self._postgres_up, "dlq": not self._dlq_up,
+                  "kafka coordinator": not self._coordinator_known,
+                  "kafka commit": not self._commit_ok}
+        return [*(name for name, failing in checks.items() if failing), *self._alerted]
 
     # ---- the alert ------------------------------------------------------------------
     def watch(self, board: FaultBoard) -> dict[str, Fault]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -16,8 +18,24 @@ from prometheus_client import (
 )
 
 from inference.metrics import PipelineMetrics
+from inference.positions import TopicPartitionKey
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    """What one run of the worker did (the CLI prints it)."""
+
+    events: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started_at
 
 
 class WorkerMetrics(PipelineMetrics):
@@ -49,22 +67,34 @@ class WorkerMetrics(PipelineMetrics):
                                      ["dependency"], registry=r)
         self.outages = Counter("binaudit_dependency_outages_total",
                                "Times a dependency started failing", ["dependency"], registry=r)
+        self.dlq_refused = Counter(
+            "binaudit_dlq_refused_total", "Dead letters the DLQ topic refused for their size "
+            "(kept in Postgres only)", registry=r)
+
+    def record_lag(self, lags: Mapping[TopicPartitionKey, int],
+                   committed: Mapping[TopicPartitionKey, int]) -> None:
+        """Position lag and committed lag (the backlog not durable yet) per partition."""
+        for tp, lag in lags.items():
+            self.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        for tp, lag in committed.items():
+            self.committed_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 class HealthServer:
     """``/metrics`` (Prometheus text), ``/healthz`` (liveness: 200 when ``healthy()``) and
-    ``/readyz`` (200 when ``ready()``)."""
+    ``/readyz`` (200 when ``not_ready()`` is empty; the body names what is failing)."""
 
     def __init__(self, port: int, registry: CollectorRegistry,
-                 healthy: Callable[[], bool], ready: Callable[[], bool] | None = None) -> None:
+                 healthy: Callable[[], bool],
+                 not_ready: Callable[[], list[str]] | None = None) -> None:
         self.port = port
         self.registry = registry
         self.healthy = healthy
-        self.ready = ready or healthy
+        self.not_ready = not_ready or (lambda: [] if healthy() else ["unhealthy"])
         self._server: ThreadingHTTPServer | None = None
 
     def __enter__(self) -> HealthServer:
-        registry, healthy, ready = self.registry, self.healthy, self.ready
+        registry, healthy, not_ready = self.registry, self.healthy, self.not_ready
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -75,9 +105,9 @@ class HealthServer:
                     body, ctype, code = (b"ok" if ok else b"unhealthy"), "text/plain", (
                         200 if ok else 503)
                 elif self.path.startswith("/readyz"):
-                    ok = ready()
-                    body, ctype, code = (b"ready" if ok else b"not ready"), "text/plain", (
-                        200 if ok else 503)
+                    failing = not_ready()
+                    body = (f"not ready: {', '.join(failing)}" if failing else "ready").encode()
+                    ctype, code = "text/plain", 503 if failing else 200
                 else:
                     body, ctype, code = b"not found", "text/plain", 404
                 self.send_response(code)

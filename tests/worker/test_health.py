@@ -66,3 +66,36 @@ def test_the_alert_metric_log_and_readiness_follow_the_fault_board(
     assert registry.get_sample_value("binaudit_dependency_outages_total",
                                      {"dependency": "s3"}) == 1
     assert "s3 recovered" in caplog.text and health.ready()
+
+
+def test_paused_on_a_known_fault_is_alive_a_stall_without_one_is_not() -> None:
+    health, _ = _health(stall_s=0.05)
+    health.started = True
+    health._last_progress -= 1.0  # no commit for a second...
+    health.turned()
+    health.backlog(12)  # ...with a backlog
+    health.postgres_ok(False, held=True)  # because Postgres is down and the batch is held
+    assert health.healthy() and health.known_faults() == ["postgres"]
+    health.postgres_ok(True)
+    assert not health.healthy()  # no fault explains it: a real stall
+    board = FaultBoard()
+    board.report("s3", "AccessDenied")
+    health.watch(board)
+    assert health.healthy()  # the S3 alert explains the pause
+    health._last_turn -= 1.0
+    assert not health.healthy()  # a loop that stopped turning is never alive
+
+
+def test_readiness_names_postgres_and_kafka() -> None:
+    health, _ = _health()
+    health.started = True
+    assert health.not_ready() == []
+    health.postgres_ok(False)  # a failed ping with nothing held: not ready, still alive
+    health.kafka_ok(False)
+    health.coordinator(False)
+    assert health.not_ready() == ["postgres", "kafka coordinator", "kafka commit"]
+    assert health.healthy() and not health.ready()
+    health.postgres_ok(True)
+    health.kafka_ok(True)
+    health.coordinator(True)
+    assert health.ready()

@@ -94,3 +94,71 @@ def test_redrive_refuses_an_unknown_kind(own_bucket_settings: Settings) -> None:
     result = _cli(own_bucket_settings, "--kind", "no_such_kind")
     assert result.exit_code == 2
     assert "invalid option" in result.output
+
+
+def _letter(engine: Engine, topic: str, offset: int, kind: str, *, count: int = 0,
+            payload: bytes | None = b'{"not": "checked here"}') -> None:
+    with engine.begin() as conn:
+        conn.execute(text(
+            'INSERT INTO dead_letters (topic, "partition", "offset", key, payload, error_kind, '
+            "message, redrive_count) VALUES (:t, 0, :o, :k, :p, :kind, 'test', :c)"),
+            {"t": topic, "o": offset, "k": f"bin-{offset}", "p": payload, "kind": kind,
+             "c": count})
+
+
+def _received(settings: Settings, topic: str, n: int) -> list[Any]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, **settings.kafka.client_kwargs(),
+                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+    try:
+        out: list[Any] = []
+        for record in consumer:
+            out.append(record)
+            if len(out) >= n:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def test_redrive_defaults_to_retryable_kinds_counts_limits_and_batches(
+        own_bucket_settings: Settings, clean_db: Engine,
+        topic_factory: Callable[..., str]) -> None:
+    settings, source, target = own_bucket_settings, "gone-topic", topic_factory(partitions=1)
+    for offset in range(3):
+        _letter(clean_db, source, offset, "fetch_failed")
+    _letter(clean_db, source, 3, "access_denied", count=3)  # re-driven 3 times already
+    _letter(clean_db, source, 4, "invalid_json")  # about the event: would fail again
+    _letter(clean_db, source, 5, "fetch_failed", payload=None)
+
+    dry = _cli(settings, "--source-topic", source, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would re-drive 3 dead letters {'fetch_failed': 3}" in dry.output
+    sent = _cli(settings, "--source-topic", source, "--topic", target, "--batch-size", "2")
+    assert sent.exit_code == 0, sent.output
+    said = " ".join(sent.output.split())  # the console wraps long lines
+    assert "re-drove 3 dead letters {'fetch_failed': 3} in 2 batches" in said
+    assert "1 without a complete payload" in said
+    assert "1 re-driven 3 times already skipped" in said
+    records = _received(settings, target, 3)
+    assert sorted(r.key for r in records) == [b"bin-0", b"bin-1", b"bin-2"]
+    assert all(dict(r.headers)["binaudit-redrive-count"] == b"1" for r in records)
+    counts = {r.offset: (r.redrive_count, r.redriven_to) for r in _all(clean_db, source)}
+    assert counts == {0: (1, target), 1: (1, target), 2: (1, target), 3: (3, None),
+                      4: (0, None), 5: (0, None)}
+
+    # --kind names any kind; --max-redrives lifts the limit.
+    named = _cli(settings, "--source-topic", source, "--topic", target, "--kind",
+                 "invalid_json", "--kind", "access_denied", "--max-redrives", "4")
+    assert named.exit_code == 0 and "re-drove 2 dead letters" in named.output, named.output
+    again = _received(settings, target, 5)[3:]
+    assert {r.key: dict(r.headers)["binaudit-redrive-count"] for r in again} == {
+        b"bin-3": b"4", b"bin-4": b"1"}
+
+
+def _all(engine: Engine, topic: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(
+            'SELECT "offset", redrive_count, redriven_to FROM dead_letters WHERE topic=:t'),
+            {"t": topic}).all())

@@ -160,6 +160,12 @@ class EventSource:
         batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         return [record for records in batches.values() for record in records]
 
+    def coordinator_known(self) -> bool:
+        """Whether the consumer knows its group coordinator (readiness). Reads the client's
+        state only, no request; True if kafka-python's internals change."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return coordinator is None or getattr(coordinator, "coordinator_id", 0) is not None
+
     def assignment(self) -> list[TopicPartitionKey]:
         return _keys(self.consumer.assignment())
 

@@ -2,23 +2,35 @@
 
 ``ON CONFLICT DO NOTHING`` on (event_id, model_version) and on (topic, partition, offset)
 makes a replayed batch (after a crash between the write and the offset commit) a no-op.
+A verdict that was not inserted because another *different* event holds its event id becomes
+a ``duplicate_event_id`` dead letter in the same transaction (``worker/io/duplicates.py``).
 A lost connection raises ``SinkUnavailable``: the worker pauses, retries, and commits nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core.db import make_engine
 from core.settings import DatabaseSettings
 from core.tables import audit_results, dead_letters, discrepancies, model_versions
-from schemas.records import AuditVerdict, DeadLetterRecord, DiscrepancyRecord
+from schemas.records import AuditVerdict, DeadLetterRecord, DiscrepancyRecord, VerdictStatus
+from worker.io.duplicates import (
+    Position,
+    RecordSource,
+    duplicate_letter,
+    key_of,
+    position_of,
+    same_event,
+    split_in_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +44,47 @@ class WriteBatch:
     verdicts: list[AuditVerdict] = field(default_factory=list)
     discrepancies: list[DiscrepancyRecord] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    # The raw records (key, payload, re-drive count) by position, for dead letters made here.
+    sources: dict[Position, RecordSource] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.verdicts) + len(self.dead_letters)
 
 
+@dataclass
+class WriteResult:
+    """What the write added to the batch: dead letters for reused event ids (their verdicts
+    were not written)."""
+
+    duplicates: list[DeadLetterRecord] = field(default_factory=list)
+
+    @property
+    def not_judged(self) -> set[Position]:
+        return {(d.topic, d.partition, d.offset) for d in self.duplicates}
+
+
 def _rows(records: list[Any]) -> list[dict[str, Any]]:
     return [r.model_dump(mode="python") for r in records]
+
+
+def _letter_rows(letters: list[DeadLetterRecord],
+                 source: Callable[[Position], RecordSource]) -> list[dict[str, Any]]:
+    # A re-driven record that fails again inherits its count (the re-drive's header).
+    return [{**letter.model_dump(mode="python"),
+             "redrive_count": source((letter.topic, letter.partition,
+                                      letter.offset)).redrive_count}
+            for letter in letters]
+
+
+def _theirs(discrepancies: list[DiscrepancyRecord],
+            inserted: list[AuditVerdict]) -> list[DiscrepancyRecord]:
+    """The discrepancies of the verdicts that were inserted (two records with one event id
+    share the discrepancy's key: only the judged one's may be written)."""
+    judged = {(*key_of(v), v.bin_id, v.expected_quantity, v.predicted_quantity)
+              for v in inserted if v.status is VerdictStatus.MISMATCH}
+    return [d for d in discrepancies
+            if (d.event_id, d.model_version, d.bin_id, d.expected_quantity,
+                d.predicted_quantity) in judged]
 
 
 class ResultSink:
@@ -66,27 +112,74 @@ class ResultSink:
         assert self._engine is not None, "ResultSink used outside its `with` block"
         return self._engine
 
-    def write(self, batch: WriteBatch) -> None:
+    def write(self, batch: WriteBatch) -> WriteResult:
         """Write verdicts, discrepancies and dead letters atomically."""
+
+        def source(pos: Position) -> RecordSource:
+            return batch.sources.get(pos, RecordSource())
+
         try:
             with self.engine.begin() as conn:
-                if batch.verdicts:
-                    conn.execute(insert(audit_results).on_conflict_do_nothing(
-                        index_elements=["event_id", "model_version"]), _rows(batch.verdicts))
-                if batch.discrepancies:
+                inserted, result = self._verdicts(conn, batch.verdicts, source)
+                mine = _theirs(batch.discrepancies, inserted)
+                if mine:
                     conn.execute(insert(discrepancies).on_conflict_do_nothing(
-                        index_elements=["event_id", "model_version"]),
-                        _rows(batch.discrepancies))
-                if batch.dead_letters:
+                        index_elements=["event_id", "model_version"]), _rows(mine))
+                letters = [*batch.dead_letters, *result.duplicates]
+                if letters:
                     conn.execute(insert(dead_letters).on_conflict_do_nothing(
                         index_elements=["topic", "partition", "offset"]),
-                        _rows(batch.dead_letters))
+                        _letter_rows(letters, source))
+            return result
         except OperationalError as exc:
             raise SinkUnavailable(str(exc.orig).strip()) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise SinkUnavailable(str(exc.orig).strip()) from exc
             raise
+
+    def _verdicts(self, conn: Connection, verdicts: list[AuditVerdict],
+                  source: Callable[[Position], RecordSource]
+                  ) -> tuple[list[AuditVerdict], WriteResult]:
+        """Insert the verdicts; return those inserted and the dead letters of the ones whose
+        event id another event already holds."""
+        result = WriteResult()
+        first, clashes = split_in_batch(verdicts)
+        for verdict, holder in clashes:
+            result.duplicates.append(duplicate_letter(verdict, holder, source))
+        if not first:
+            return [], result
+        # RETURNING names the rows that went in; the rest met an existing key (committed,
+        # even by a concurrent worker: ON CONFLICT waited for it).
+        went_in = {tuple(r) for r in conn.execute(
+            insert(audit_results).on_conflict_do_nothing(
+                index_elements=["event_id", "model_version"]).returning(
+                audit_results.c.topic, audit_results.c.partition, audit_results.c.offset),
+            _rows(first))}
+        inserted = [v for v in first if position_of(v) in went_in]
+        met = [v for v in first if position_of(v) not in went_in]
+        if met:
+            holders = {(r.event_id, r.model_version): r for r in conn.execute(
+                select(audit_results).where(tuple_(
+                    audit_results.c.event_id, audit_results.c.model_version).in_(
+                    [key_of(v) for v in met])))}
+            for verdict in met:
+                row = holders.get(key_of(verdict))
+                if row is None or position_of(row) == position_of(verdict) \
+                        or same_event(row, verdict):
+                    continue  # a redelivery: the idempotent no-op
+                result.duplicates.append(duplicate_letter(verdict, row, source))
+        return inserted, result
+
+    def reachable(self) -> bool:
+        """A cheap ``SELECT 1`` (readiness while nothing is written); logs a failure."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError as exc:  # OperationalError included
+            log.warning("postgres unavailable (%s): not ready", str(exc.orig).strip())
+            return False
+        return True
 
     def register_model(self, *, version: str, architecture: str, artifact_uri: str,
                        card: dict[str, Any], metrics: dict[str, Any]) -> None:
