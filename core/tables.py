@@ -115,7 +115,7 @@ dead_letters = Table(
     # `binaudit dlq redrive` (migration 0005): republished when, and to which topic.
     Column("redriven_at", DateTime(timezone=True), nullable=True),
     Column("redriven_to", Text, nullable=True),
-    # Re-drives of this letter, or of the record it came from (migration 0006).
+    # Re-drives of this letter, or of the record it came from (migration 0007).
     Column("redrive_count", Integer, nullable=False, server_default="0"),
     UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_position"),
 )

@@ -1,8 +1,8 @@
 """Dead-letter re-drive count: how many times a letter (or the record it came from) was
 re-driven.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-04
 
 ``binaudit dlq redrive`` increments ``redrive_count`` of each letter it republishes and sends
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
