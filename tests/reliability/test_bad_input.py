@@ -115,7 +115,13 @@ def corpus(sample_jpeg: bytes) -> list[Case]:
         ev("sql-as-quantity", "schema_violation", expected_quantity=SQL),
         ev("nul-in-bin-id", "schema_violation", bin_id="bin\x00id"),
         ev("sql-and-escape-in-robot-id", "schema_violation", robot_id=SQL + "\x1b[31m"),
-        ev("lone-surrogate", "schema_violation", station_id="\ud800"),
+        # JSON text escaping a lone surrogate is not Unicode: refused by the JSON reader.
+        ev("lone-surrogate", "invalid_json", station_id="\ud800"),
+        # Valid ISO 8601 that overflows once converted to UTC (used to stop every worker).
+        ev("captured-at-overflows-utc", "schema_violation",
+           captured_at="9999-12-31T23:00:00-05:00"),
+        ev("captured-at-underflows-utc", "schema_violation",
+           captured_at="0001-01-01T00:00:00+01:00"),
     ]
     return cases
 
