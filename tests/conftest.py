@@ -276,6 +276,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def read_topic(settings: Settings, topic: str, n: int, *,
+               timeout_ms: int = 15_000) -> list[Any]:
+    """The first ``n`` records of ``topic`` (fewer if none arrives for ``timeout_ms``)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, **settings.kafka.client_kwargs(),
+                             auto_offset_reset="earliest", consumer_timeout_ms=timeout_ms)
+    try:
+        out: list[Any] = []
+        for record in consumer:
+            out.append(record)
+            if len(out) >= n:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
 @pytest.fixture
 def wait_for() -> Callable[..., None]:
     """``wait_for(predicate, timeout, what)``: poll until true or fail naming ``what``."""

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from binaudit.cli import app
 from core.settings import Settings
 from robots.publisher import EventPlan, PublishOptions, image_key, load_samples, publish
+from tests.conftest import read_topic
 from worker.app import Worker
 
 pytestmark = pytest.mark.services
@@ -106,22 +107,6 @@ def _letter(engine: Engine, topic: str, offset: int, kind: str, *, count: int = 
              "c": count})
 
 
-def _received(settings: Settings, topic: str, n: int) -> list[Any]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, **settings.kafka.client_kwargs(),
-                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
-    try:
-        out: list[Any] = []
-        for record in consumer:
-            out.append(record)
-            if len(out) >= n:
-                break
-        return out
-    finally:
-        consumer.close()
-
-
 def test_redrive_defaults_to_retryable_kinds_counts_limits_and_batches(
         own_bucket_settings: Settings, clean_db: Engine,
         topic_factory: Callable[..., str]) -> None:
@@ -141,7 +126,7 @@ def test_redrive_defaults_to_retryable_kinds_counts_limits_and_batches(
     assert "re-drove 3 dead letters {'fetch_failed': 3} in 2 batches" in said
     assert "1 without a complete payload" in said
     assert "1 re-driven 3 times already skipped" in said
-    records = _received(settings, target, 3)
+    records = read_topic(settings, target, 3)
     assert sorted(r.key for r in records) == [b"bin-0", b"bin-1", b"bin-2"]
     assert all(dict(r.headers)["binaudit-redrive-count"] == b"1" for r in records)
     counts = {r.offset: (r.redrive_count, r.redriven_to) for r in _all(clean_db, source)}
@@ -152,7 +137,7 @@ def test_redrive_defaults_to_retryable_kinds_counts_limits_and_batches(
     named = _cli(settings, "--source-topic", source, "--topic", target, "--kind",
                  "invalid_json", "--kind", "access_denied", "--max-redrives", "4")
     assert named.exit_code == 0 and "re-drove 2 dead letters" in named.output, named.output
-    again = _received(settings, target, 5)[3:]
+    again = read_topic(settings, target, 5)[3:]
     assert {r.key: dict(r.headers)["binaudit-redrive-count"] for r in again} == {
         b"bin-3": b"4", b"bin-4": b"1"}
 

@@ -17,6 +17,7 @@ from core.producer import REDRIVE_COUNT_HEADER, EventProducer
 from core.settings import Settings
 from robots.publisher import EventPlan, PublishOptions, PublishReport, publish
 from schemas.events import BinEvent, encode_event
+from tests.conftest import read_topic
 from worker.app import Worker
 
 pytestmark = pytest.mark.services
@@ -44,20 +45,6 @@ def publish_sample(settings: Settings, sample_dir: Path, count: int) -> PublishR
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(text(sql), params).all())
-
-
-def read_topic(settings: Settings, topic: str, n: int) -> list[Any]:
-    consumer = KafkaConsumer(topic, **settings.kafka.client_kwargs(),
-                             auto_offset_reset="earliest", consumer_timeout_ms=15_000)
-    try:
-        out: list[Any] = []
-        for record in consumer:
-            out.append(record)
-            if len(out) >= n:
-                break
-        return out
-    finally:
-        consumer.close()
 
 
 def committed(settings: Settings) -> int | None:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from core.producer import EventProducer
 from core.settings import Settings
 from schemas.records import MAX_DEAD_LETTER_PAYLOAD, DeadLetterRecord, ErrorKind
-from tests.conftest import unique
+from tests.conftest import read_topic, unique
 from worker.io.dlq import ENVELOPE_HEADROOM, MAX_DLQ_KEY_BYTES, DeadLetterPublisher, dlq_message
 
 
@@ -74,20 +72,6 @@ def small_topic(services: Settings) -> Iterator[str]:
     admin.close()
 
 
-def read_all(settings: Settings, topic: str, n: int) -> list[Any]:
-    consumer = KafkaConsumer(topic, **settings.kafka.client_kwargs(),
-                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
-    try:
-        out = []
-        for record in consumer:
-            out.append(record)
-            if len(out) >= n:
-                break
-        return out
-    finally:
-        consumer.close()
-
-
 @pytest.mark.services
 def test_a_broker_size_refusal_is_permanent_and_the_rest_is_confirmed(
         services: Settings, small_topic: str) -> None:
@@ -98,7 +82,7 @@ def test_a_broker_size_refusal_is_permanent_and_the_rest_is_confirmed(
         assert publisher.publish(letters, done=done)
     # The refused one is done too: retrying cannot make it smaller, the offset may advance.
     assert done == {("t", 0, 0), ("t", 0, 1), ("t", 0, 2)} and publisher.oversized == 1
-    assert [json.loads(r.value)["offset"] for r in read_all(services, small_topic, 2)] == [0, 2]
+    assert [json.loads(r.value)["offset"] for r in read_topic(services, small_topic, 2)] == [0, 2]
 
 
 @pytest.mark.services
@@ -110,4 +94,4 @@ def test_only_unconfirmed_letters_are_sent_again(
         assert DeadLetterPublisher(producer, topic, max_bytes=1_048_576).publish(
             [letter(offset=0), letter(offset=1)], done=done)
     assert done == {("t", 0, 0), ("t", 0, 1)}
-    assert [json.loads(r.value)["offset"] for r in read_all(services, topic, 1)] == [1]
+    assert [json.loads(r.value)["offset"] for r in read_topic(services, topic, 1)] == [1]
