@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
 from core.settings import Settings
 from robots.publisher import EventPlan, PublishOptions, publish
+from serve.app import ServeMetrics
 from serve.server import ModelServer
 from tests.serve.harness import ServerThread
+from worker.metrics import WorkerMetrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
@@ -142,6 +145,22 @@ def test_metric_names_reads_names_not_labels_functions_or_durations() -> None:
     expr = ('histogram_quantile(0.99, sum by (job, le) (rate(x_bucket{route=~".*/inv",le="+Inf"}'
             '[5m] offset 1d))) > 2 * sum without (a) (y_total) and on (instance) up == 0')
     assert metric_names(expr) == {"x_bucket", "y_total", "up"}
+
+
+def test_a_misspelled_name_is_reported_against_the_registries() -> None:
+    """Without services: the names against the metric classes' own exposition, and a
+    misspelling (one letter) is caught."""
+    worker = exported_names(generate_latest(WorkerMetrics(CollectorRegistry()).registry).decode())
+    serve = exported_names(generate_latest(ServeMetrics(CollectorRegistry()).registry).decode())
+    groups = rule_exprs()
+    assert missing(groups["binaudit-worker"], worker) == {}
+    assert missing(groups["binaudit-serve"], serve) == {}
+    assert missing(map(without_grafana_variables, dashboard_exprs()), worker | serve) == {}
+    typo = groups["binaudit-worker"][0].replace("binaudit_consumer_committed_lag",
+                                                "binaudit_consumer_commited_lag")
+    assert missing([typo], worker) == {typo: {"binaudit_consumer_commited_lag"}}
+    # A histogram is queried through its series, never by its bare name.
+    assert missing(["rate(binaudit_stage_seconds[5m])"], worker)
 
 
 @pytest.fixture
