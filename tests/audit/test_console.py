@@ -17,16 +17,11 @@ from sqlalchemy import Engine, text
 from audit.console.app import create_app
 from audit.console.queries import Cursor, QueueFilter, probability_bars
 from core.settings import Settings
+from tests.audit.console_client import csrf_of, signed_in
 from tests.conftest import REPO_ROOT
 from tests.console_fixtures import PASSWORDS, REVIEWER, VIEWER, Seeded
 
 pytestmark = pytest.mark.services
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, html[:500]
-    return match.group(1)
 
 
 @pytest.fixture
@@ -35,36 +30,26 @@ def console_app(console_seed: Seeded) -> Iterator[Any]:
     yield app
 
 
-def _client(app: Any, name: str | None = None) -> TestClient:
-    client = TestClient(app, follow_redirects=False)
-    if name:
-        page = client.get("/login")
-        response = client.post("/login", data={"name": name, "password": PASSWORDS[name],
-                                               "csrf": _csrf(page.text)})
-        assert response.status_code == 303, response.text
-    return client
-
-
 def _ids(html: str) -> list[int]:
     return [int(i) for i in re.findall(r'<tr data-id="(\d+)"', html)]
 
 
-def test_sign_in_wrong_password_and_csrf(console_app: Any) -> None:
-    client = _client(console_app)
+def test_sign_in_wrong_password_andcsrf_of(console_app: Any) -> None:
+    client = signed_in(console_app)
     assert client.get("/queue").headers["location"] == "/login"
     page = client.get("/login")
     cookie = page.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie
     wrong = client.post("/login", data={"name": REVIEWER, "password": "nope-nope-nope",
-                                        "csrf": _csrf(page.text)})
+                                        "csrf": csrf_of(page.text)})
     assert wrong.status_code == 401 and "Wrong name or password" in wrong.text
     unknown = client.post("/login", data={"name": "nobody", "password": "x" * 12,
-                                          "csrf": _csrf(page.text)})
+                                          "csrf": csrf_of(page.text)})
     assert unknown.status_code == 401
     no_csrf = client.post("/login", data={"name": REVIEWER, "password": PASSWORDS[REVIEWER]})
     assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
     ok = client.post("/login", data={"name": REVIEWER, "password": PASSWORDS[REVIEWER],
-                                     "csrf": _csrf(page.text)})
+                                     "csrf": csrf_of(page.text)})
     assert ok.status_code == 303 and ok.headers["location"] == "/queue"
     queue = client.get("/queue")
     assert queue.status_code == 200 and "default-src 'self'" in queue.headers[
@@ -73,7 +58,7 @@ def test_sign_in_wrong_password_and_csrf(console_app: Any) -> None:
 
 def test_queue_order_filters_and_keyset_pages(console_seed: Seeded, console_app: Any) -> None:
     ids = console_seed.ids
-    client = _client(console_app, VIEWER)
+    client = signed_in(console_app, VIEWER)
     order = [ids["top"], ids["other_station"], ids["second"], ids["missing_image"]]
     assert _ids(client.get("/queue").text) == order
     assert _ids(client.get("/queue", params={"station": "st-2"}).text) == [
@@ -86,7 +71,7 @@ def test_queue_order_filters_and_keyset_pages(console_seed: Seeded, console_app:
     # keyset: two rows a page, across the scored/unscored boundary, no repeats
     small = create_app(console_seed.settings.model_copy(update={
         "console": console_seed.settings.console.model_copy(update={"page_size": 1})}))
-    pager = _client(small, VIEWER)
+    pager = signed_in(small, VIEWER)
     seen, url = [], "/queue"
     while url:
         html = pager.get(url).text
@@ -113,7 +98,7 @@ def test_probability_bars_accept_both_shapes() -> None:
 
 
 def test_bin_page_shows_manifest_bars_history(console_seed: Seeded, console_app: Any) -> None:
-    client = _client(console_app, REVIEWER)
+    client = signed_in(console_app, REVIEWER)
     page = client.get(f"/bins/{console_seed.ids['top']}")
     assert page.status_code == 200
     assert 'id="manifest"' in page.text and 'id="review-form"' in page.text
@@ -140,9 +125,9 @@ def test_bin_page_shows_manifest_bars_history(console_seed: Seeded, console_app:
 def test_review_confirms_and_opens_the_next_bin(console_seed: Seeded, console_app: Any,
                                                 db_engine: Engine) -> None:
     ids = console_seed.ids
-    client = _client(console_app, REVIEWER)
+    client = signed_in(console_app, REVIEWER)
     page = client.get(f"/bins/{ids['top']}", params={"q": "station=st-1"})
-    form = {"csrf": _csrf(page.text), "decision": "confirmed", "count": "7",
+    form = {"csrf": csrf_of(page.text), "decision": "confirmed", "count": "7",
             "note": "two hidden behind the box", "q": "station=st-1", "reviewer": "mallory"}
     done = client.post(f"/bins/{ids['top']}/review", data=form)
     assert done.status_code == 303
@@ -172,11 +157,11 @@ def test_review_confirms_and_opens_the_next_bin(console_seed: Seeded, console_ap
 def test_viewer_cannot_review_in_app_or_database(console_seed: Seeded, console_app: Any,
                                                  db_engine: Engine) -> None:
     ident = console_seed.ids["second"]
-    client = _client(console_app, VIEWER)
+    client = signed_in(console_app, VIEWER)
     page = client.get(f"/bins/{ident}")
     assert 'id="review-form"' not in page.text and 'id="viewer-note"' in page.text
     forged = client.post(f"/bins/{ident}/review", data={
-        "csrf": _csrf(page.text), "decision": "dismissed", "note": "forged"})
+        "csrf": csrf_of(page.text), "decision": "dismissed", "note": "forged"})
     assert forged.status_code == 403
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT review_state FROM discrepancies WHERE id = :i"),
@@ -205,14 +190,14 @@ def test_sso_header_only_from_trusted_proxy(console_seed: Seeded) -> None:
 
 
 def test_overview_and_export(console_seed: Seeded, console_app: Any) -> None:
-    client = _client(console_app, REVIEWER)
+    client = signed_in(console_app, REVIEWER)
     page = client.get(f"/bins/{console_seed.ids['second']}")
     client.post(f"/bins/{console_seed.ids['second']}/review",
-                data={"csrf": _csrf(page.text), "decision": "dismissed", "note": "ok"})
+                data={"csrf": csrf_of(page.text), "decision": "dismissed", "note": "ok"})
     overview = client.get("/overview", params={"days": 366})
     assert overview.status_code == 200 and overview.text.count("<svg") == 7
     assert "1/1" not in overview.text or "confirmed" in overview.text
-    token = _csrf(client.get("/export").text)
+    token = csrf_of(client.get("/export").text)
     csv = client.post("/export", data={"csrf": token})
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
@@ -242,7 +227,7 @@ def test_presigned_image_delivery(console_seed: Seeded) -> None:
     cfg = console_seed.settings.console.model_copy(update={
         "image_delivery": "presigned", "presigned_url_ttl_s": 120})
     app = create_app(console_seed.settings.model_copy(update={"console": cfg}))
-    client = _client(app, VIEWER)
+    client = signed_in(app, VIEWER)
     page = client.get("/queue")
     assert console_seed.settings.s3.endpoint_url in page.headers["content-security-policy"]
     moved = client.get(f"/bins/{console_seed.ids['top']}/image")
