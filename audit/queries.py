@@ -39,7 +39,7 @@ from sqlalchemy import (
 from core.settings import Settings
 from core.tables import REVIEW_STATES, discrepancies, discrepancy_reviews
 from inference.images import ImageFetcher
-from schemas.events import parse_s3_uri
+from schemas.events import MAX_EXPECTED_QUANTITY, parse_s3_uri
 from schemas.records import EventError, VerdictStatus
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,12 @@ def review_values(current: Mapping[str, Any], decision: ReviewDecision) -> dict[
         raise AuditError("review time must be timezone-aware")
     if not decision.reviewer.strip():
         raise AuditError("a review needs a reviewer")
-    if decision.count is not None and decision.count < 0:
-        raise AuditError(f"--count must be >= 0 (got {decision.count})")
+    if decision.count is not None and not 0 <= decision.count <= MAX_EXPECTED_QUANTITY:
+        # The column is an integer: a larger number would fail in Postgres, not here.
+        raise AuditError(f"--count must be between 0 and {MAX_EXPECTED_QUANTITY} "
+                         f"(got {decision.count})")
+    if decision.note is not None and "\x00" in decision.note:
+        raise AuditError("the note must not contain NUL characters")
     expected = int(current["expected_quantity"])
     if decision.state == "confirmed":
         if decision.count is None:

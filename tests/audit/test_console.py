@@ -34,7 +34,7 @@ def _ids(html: str) -> list[int]:
     return [int(i) for i in re.findall(r'<tr data-id="(\d+)"', html)]
 
 
-def test_sign_in_wrong_password_andcsrf_of(console_app: Any) -> None:
+def test_sign_in_wrong_password_and_csrf(console_app: Any) -> None:
     client = signed_in(console_app)
     assert client.get("/queue").headers["location"] == "/login"
     page = client.get("/login")
@@ -145,6 +145,11 @@ def test_review_confirms_and_opens_the_next_bin(console_seed: Seeded, console_ap
     assert again.status_code == 303 and again.headers["location"].startswith(
         f"/bins/{ids['second']}")
     assert "needs --count" in client.get(again.headers["location"]).text
+    # out-of-range or hostile form fields: a message on the page, never a 500
+    for bad in ({"count": str(10**30)}, {"count": "-1"}, {"note": "nul\x00byte"}):
+        refused = client.post(f"/bins/{ids['second']}/review", data={**form, **bad})
+        assert refused.status_code == 303, (bad, refused.status_code)
+        assert refused.headers["location"].startswith(f"/bins/{ids['second']}")
     # missing CSRF token: refused, nothing written
     forged = client.post(f"/bins/{ids['second']}/review",
                          data={"decision": "dismissed", "count": ""})
