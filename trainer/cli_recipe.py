@@ -134,7 +134,8 @@ def counter_cmd(
                cv.distribution_metrics(probs, val_counts, decoding=cfg.decoding).items()}
     version = new_version("efficientnet_lite0")
     directory = export_counter(
-        full, cfg, out or Path("artifacts/models") / version, version=version,
+        full, out or Path("artifacts/models") / version, class_counts=cfg.class_counts(),
+        decoding=cfg.decoding, hyperparameters={"recipe": cfg.model_dump()}, version=version,
         input_size=int(loaded.meta["size"]), decode="draft" if loaded.meta["draft"] else "full",
         calibration=calibration, decision=decision, metrics=metrics,
         data_fingerprint=_fingerprint(loaded.ids, loaded.counts), code_version=code_version(),

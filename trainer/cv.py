@@ -90,6 +90,41 @@ def distribution_metrics(probs: np.ndarray, true_counts: np.ndarray, *, first: i
     }
 
 
+def audit_metrics(probs: np.ndarray, true_counts: np.ndarray, *, wrong_share: float = 0.1,
+                  false_alarm: float = 0.05,
+                  budgets: Sequence[float] = (0.01, 0.05, 0.10)) -> dict[str, float]:
+    """How the discrepancy score 1 - P(manifest) serves auditors, on bins with 1-5 items.
+
+    ``recall_at_fa``: share of off-by-one manifests (true +- 1) scored above the score that
+    only ``false_alarm`` of the correct manifests reach. ``top_k`` precision and recall: a
+    stream in which every ``1 / wrong_share``-th bin carries a manifest off by one (alternately
+    +1 and -1), reviewed from the highest score down to ``k`` of the bins.
+    """
+    band = (true_counts >= 1) & (true_counts <= 5)
+    p, t = probs[band], true_counts[band]
+    correct = 1 - p_of_count(p, t)
+    down = t >= 1
+    wrong_all = np.concatenate([1 - p_of_count(p, t + 1), 1 - p_of_count(p[down], t[down] - 1)])
+    threshold = float(np.quantile(correct, 1 - false_alarm)) if len(correct) else 1.0
+    out = {"recall_at_fa": float((wrong_all > threshold).mean()) if len(wrong_all) else 0.0}
+    step = max(int(round(1 / wrong_share)), 1)
+    wrong = np.zeros(len(t), dtype=bool)
+    wrong[::step] = True
+    manifest = t.copy()
+    shift = np.where(np.arange(len(t)) % (2 * step) == 0, 1, -1)
+    manifest[wrong] = np.maximum(t[wrong] + shift[wrong], 0)
+    wrong &= manifest != t
+    score = 1 - p_of_count(p, manifest)
+    order = np.argsort(-score, kind="stable")
+    for budget in budgets:
+        k = max(int(math.ceil(budget * len(t))), 1)
+        hits = int(wrong[order[:k]].sum())
+        name = f"top_{budget * 100:g}pct"
+        out[f"{name}_precision"] = hits / k
+        out[f"{name}_recall"] = hits / max(int(wrong.sum()), 1)
+    return out
+
+
 @dataclass(frozen=True)
 class FoldResult:
     recipe: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,22 +39,25 @@ DESCRIPTIONS = {
 }
 
 
-def export_counter(full: nn.Module, cfg: TailConfig, out: Path, *, version: str,
-                   input_size: int, decode: str, calibration: Calibration,
-                   decision: DecisionPolicy, metrics: dict[str, float],
-                   data_fingerprint: str | None, code_version: str, half: bool) -> Path:
-    """Write the full Lite0 (frozen front + trained tail) as a standard artifact.
+def export_counter(full: nn.Module, out: Path, *, class_counts: list[int], decoding: str,
+                   hyperparameters: dict[str, Any], version: str, input_size: int, decode: str,
+                   calibration: Calibration, decision: DecisionPolicy,
+                   metrics: dict[str, float], data_fingerprint: str | None, code_version: str,
+                   half: bool, tta: str = "none") -> Path:
+    """Write a trained Lite0 (a cache-trained tail or a whole-network run) as a standard
+    artifact.
 
     ``half`` stores the state dict in float16 (a few MB, small enough to ship in the
     repository); the loader copies it into float32 parameters.
     """
     card = ModelCard(
-        version=version, architecture="efficientnet_lite0", class_counts=cfg.class_counts(),
+        version=version, architecture="efficientnet_lite0", class_counts=class_counts,
         input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        decode="draft" if decode == "draft" else "full", count_decoding=cfg.decoding,
-        calibration=calibration,
+        decode="draft" if decode == "draft" else "full",
+        count_decoding="median" if decoding == "median" else "argmax",
+        tta="hflip" if tta == "hflip" else "none", calibration=calibration,
         decision=decision, metrics=metrics, data_fingerprint=data_fingerprint,
-        hyperparameters={"recipe": cfg.model_dump()}, created_at=datetime.now(UTC),
+        hyperparameters=hyperparameters, created_at=datetime.now(UTC),
         code_version=code_version)
     if half:
         full = _half_copy(full)

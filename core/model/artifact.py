@@ -57,7 +57,21 @@ def load_artifact(
             f"{len(card.class_counts)} classes: {exc}") from exc
     model.to(map_location)
     model.eval()
+    if card.tta == "hflip":
+        model = FlipAverage(model).eval()
     return model, card
+
+
+class FlipAverage(nn.Module):
+    """The card's ``tta: hflip``: logits averaged over the image and its mirror image (a flip
+    keeps the count), so every backend and export runs what the model was validated with."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(x.flip(3))) / 2
 
 
 def find_latest_artifact(root: Path) -> Path | None:

@@ -75,6 +75,9 @@ class ModelCard(BaseModel):
     # Which count a distribution stands for: the most likely one (argmax), or its median,
     # which lowers the RMSE of an ordinal count when the model is unsure (trainer/RESULTS.md).
     count_decoding: Literal["argmax", "median"] = "argmax"
+    # Test-time augmentation the model was validated with: "hflip" averages the logits of the
+    # image and its mirror image (two forward passes per bin; core.model.artifact applies it).
+    tta: Literal["none", "hflip"] = "none"
     calibration: Calibration = Calibration()
     decision: DecisionPolicy = DecisionPolicy()
     metrics: dict[str, float] = {}

@@ -103,9 +103,13 @@ def server(console_seed: Seeded) -> Iterator[str]:
 
 
 def _wait(driver: Any, predicate: Any, what: str, timeout: float = 20) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(lambda d: predicate(d), message=what)
+    # A key press that submits a form navigates while the predicate may hold an element of the
+    # page being left: that element goes stale, which means "not yet", not a failure.
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)) \
+        .until(lambda d: predicate(d), message=what)
 
 
 def _sign_in(driver: Any, base: str, name: str, password: str) -> None:

