@@ -5,7 +5,7 @@ loss, AdamW, EMA update); the first steps are warm-up. Writes
 ``bench/results/train-threads.json`` with the machine, the load average at start and end, and
 whether the machine was busy (load > 1.5 on 2 cores: the result is then not used).
 
-    python -m bench.train_threads [--steps 6] [--sizes 160,224]
+    python -m bench.train_threads [--steps 6] [--sizes 160,224] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from trainer.whole import WholeConfig, build, to_input
 log = logging.getLogger("bench.train_threads")
 
 
-def images_per_s(size: int, threads: int, steps: int, batch: int) -> float:
+def images_per_s(size: int, threads: int, steps: int, batch: int,
+                 architecture: str = "efficientnet_lite0") -> float:
     torch.set_num_threads(threads)
-    cfg = WholeConfig(batch_size=batch, sizes=(size,))
+    cfg = WholeConfig(batch_size=batch, sizes=(size,), architecture=architecture)
     model, ema, opt, _ = build(cfg, total_steps=steps + 2, weights="default")
     model.train()
     gen = np.random.default_rng(0)
@@ -51,17 +52,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--sizes", default="160,224")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--others", default="efficientnet_lite1,efficientnet_lite2",
+                        help="Architectures also timed (2 threads, the last size only).")
     parser.add_argument("--out", type=Path, default=Path("bench/results/train-threads.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start_load = compare.load_average()
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for threads in (1, 2):
-            rate = images_per_s(size, threads, args.steps, args.batch_size)
-            log.info("%d px, %d thread(s): %.1f img/s", size, threads, rate)
-            rows.append({"size": size, "threads": threads, "images_per_s": rate})
+    sizes = [int(s) for s in args.sizes.split(",")]
+    batch = args.batch_size
+    runs = [("efficientnet_lite0", size, threads, batch) for size in sizes for threads in (1, 2)]
+    runs.append(("efficientnet_lite0", sizes[-1], 2, 2 * batch))  # is a bigger batch faster?
+    runs += [(arch, sizes[-1], 2, batch) for arch in args.others.split(",") if arch]
+    for arch, size, threads, b in runs:
+        rate = images_per_s(size, threads, args.steps, b, arch)
+        log.info("%s, %d px, batch %d, %d thread(s): %.1f img/s", arch, size, b, threads, rate)
+        rows.append({"architecture": arch, "size": size, "threads": threads, "batch_size": b,
+                     "images_per_s": rate})
     end_load = compare.load_average()
     result = {"rows": rows, "batch_size": args.batch_size, "steps": args.steps,
               "machine": compare.machine(), "load_start": start_load, "load_end": end_load,

