@@ -79,14 +79,7 @@ def write_row(path: Path, row: dict[str, Any], markdown: Path) -> None:
 def render(results_dir: Path, markdown: Path) -> None:
     """The table of every ``compare-*.json`` in ``results_dir``, between the markers."""
     rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("compare-*.json"))]
-    table = f"{MARK_START}\n{markdown_table(rows)}\n{MARK_END}"
-    text = markdown.read_text() if markdown.exists() else ""
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        text = before + table + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + table + "\n"
-    markdown.write_text(text)
+    cv.write_between_markers(markdown, MARK_START, MARK_END, markdown_table(rows))
 
 
 def _pct(v: float) -> str:

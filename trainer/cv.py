@@ -216,11 +216,16 @@ def write_results(results: Sequence[FoldResult], recipes: dict[str, TailConfig],
     json_path.write_text(json.dumps({
         **context, "recipes": {k: v.model_dump() for k, v in recipes.items()},
         "summary": summary, "folds": [r.__dict__ for r in results]}, indent=1) + "\n")
-    table = f"{MARK_START}\n{markdown_table(summary, descriptions)}\n{MARK_END}"
+    write_between_markers(markdown, MARK_START, MARK_END, markdown_table(summary, descriptions))
+
+
+def write_between_markers(markdown: Path, start: str, end: str, body: str) -> None:
+    """Replace what lies between ``start`` and ``end`` in ``markdown`` (append both if absent)."""
+    block = f"{start}\n{body}\n{end}"
     text = markdown.read_text() if markdown.exists() else ""
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        text = before + table + rest.split(MARK_END, 1)[1]
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip() + "\n\n" + table + "\n"
+        text = text.rstrip() + "\n\n" + block + "\n"
     markdown.write_text(text)

@@ -50,7 +50,7 @@ class WholeConfig(BaseModel):
     # input size of each epoch (progressive resizing): 4 at 160 px, then 6 at the card's 224
     sizes: tuple[int, ...] = (160,) * 4 + (224,) * 6
     eval_size: int = 224
-    batch_size: int = Field(16, ge=1)  # 2x the img/s of 32 on this CPU (bench)
+    batch_size: int = Field(16, ge=1)  # 1.5x the img/s of 32 on this CPU (bench)
     lr: float = Field(1e-3, gt=0)
     backbone_lr_mult: float = Field(0.3, gt=0)
     weight_decay: float = Field(0.02, ge=0)

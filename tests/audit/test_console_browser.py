@@ -361,9 +361,13 @@ def test_demo_data_path_overview(browser: Any, demo_console: Settings) -> None:
         _wait(driver, lambda d: d.current_url.endswith("/queue"), "the queue after sign-in")
         ids = _queue_ids(driver)
         assert len(ids) >= 2, "the shipped counter flags some of the demo's bins"
+        # Thumbnails load lazily: at the end of the queue every one has been requested (the
+        # first ones on arrival); then back to the top for the screenshot.
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
         _wait(driver, lambda d: d.execute_script(
             "return [...document.querySelectorAll('img.thumb')].every(i => i.complete "
             "&& i.naturalWidth > 0)"), "thumbnails loaded")
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(DOCS / "console-queue.png"))
         driver.find_element(By.CSS_SELECTOR, f'#queue tr[data-id="{ids[0]}"] a').click()
         _wait(driver, _image_loaded, "the bin image to load")

