@@ -60,8 +60,12 @@ OUT="artifacts/demo/$RUN"
 mkdir -p "$OUT"
 say "publishing the sample as bin events to topic $RUN (10% of manifests made wrong on purpose)"
 # The truth (event id -> true count, perturbation) goes to a sidecar file, never into events.
+# Captured on 2026-01-01 at this run's time of day (before 23:00, so all 350 one second apart
+# stay on that day): event ids come from bin id + capture time, and a second demo on the same
+# database must be new photographs, not 350 `duplicate_event_id` dead letters.
+CAPTURED="2026-01-01T$(printf %02d $((10#$(date -u +%H) % 23))):$(date -u +%M:%S)"
 "$BIN/binaudit" publish --source "$SAMPLE" --topic "$RUN" --with-metadata \
-    --wrong-manifest-rate 0.1 --truth "$OUT/truth.csv"
+    --wrong-manifest-rate 0.1 --truth "$OUT/truth.csv" --start-time "$CAPTURED"
 
 say "worker: consuming $RUN until drained"
 "$BIN/binaudit" worker --topic "$RUN" --group "$RUN" --model "$MODEL" --exit-when-idle 5 \
@@ -90,6 +94,6 @@ echo "  start it:  $BIN/binaudit console"
 echo "  open:      $CONSOLE_URL"
 echo "  sign in:   $DEMO_USER / $DEMO_PASSWORD   (reviewer)"
 echo "  overview:  ${CONSOLE_URL}overview — the rate charts are by capture day: the demo's bins"
-echo "             are captured on 2026-01-01 (the publisher's fixed start, so event ids are the"
-echo "             same every run), and the overview shows the 14 days ending there; dead letters"
-echo "             and reviews are by the day they happen (today)."
+echo "             are captured on 2026-01-01 (at $CAPTURED, this run's time of day: every run"
+echo "             is new photographs), and the overview shows the 14 days ending there; dead"
+echo "             letters and reviews are by the day they happen (today)."
