@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import uuid
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 def measure(settings: Settings, model: Path, *, out: Path, rate: float, seed: int,
             source: Path = SAMPLE_DIR) -> dict[str, Any]:
     """Publish with wrong manifests, judge with ``model``, write and return the section."""
+    load_start = os.getloadavg()[0]
     topic = f"bench-quality-{uuid.uuid4().hex[:10]}"
     run = kafka_for(settings, topic=topic).model_copy(update={"worker": settings.worker.model_copy(
         update={"model_path": model, "exit_when_idle_s": 3.0})})
@@ -63,6 +65,8 @@ def measure(settings: Settings, model: Path, *, out: Path, rate: float, seed: in
     card = read_card(model)
     section = {
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
+        # Quality numbers, not timings; the load says whether anything else shared the machine.
+        "load_start": load_start, "load_end": os.getloadavg()[0],
         "model": {"version": card.version, "path": str(model),
                   "calibration": card.calibration.model_dump(mode="json"),
                   "decision": card.decision.model_dump(mode="json"),
@@ -109,6 +113,8 @@ def render(section: dict[str, Any], png: str) -> str:
         f"- {section['date_utc']} on {section['host']}; sample `{section['sample']}`, "
         f"{100 * section['wrong_manifest_rate']:g} % wrong manifests (seed {section['seed']}, "
         f"truth `{section['truth_file']}`)",
+        f"- load average (1 min) at start / end: {section['load_start']:.2f} / "
+        f"{section['load_end']:.2f} (quality numbers; nothing here is timed)",
         f"- calibration: temperature {cal['temperature']:.3f}, ECE {_num(cal['ece_before'])} "
         f"-> {_num(cal['ece_after'])} on {cal['fitted_on']}",
         f"- thresholds ({dec['chosen_on']}, target false-alarm rate "
