@@ -17,7 +17,7 @@ import typer
 
 from core.cliutil import console, fail
 from core.model.artifact import load_artifact
-from core.model.calibration import policy_rates
+from core.model.calibration import calibrated_probabilities, policy_rates
 from core.model.card import Calibration, DecisionPolicy, new_version
 from trainer import compare, cv, data
 from trainer.datasets import Decode
@@ -136,14 +136,20 @@ def whole_cmd(
            "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history]))
            if history else None,
            "images": {"fit": len(fit_idx), "val": len(val_idx)}, "pixels": str(pixels),
-           "load_start": load_start, "load_end": compare.load_average(),
-           "machine": compare.machine(), "code_version": code_version()}
-    row["busy"] = compare.is_busy(row)
-    compare.write_row(results_dir / f"compare-{name}.json", row, results_md)
+           "load_start": load_start}
+    _write_row(row, results_dir, results_md)
     console.print(f"chosen {chosen}: {_summary(scored[chosen]['metrics'])}")
     if out is not None:
         _export(variants[chosen.split("+")[0]], cfg, scored[chosen], cache, out,
                 tta="hflip" if chosen.endswith("+flip") else "none")
+
+
+def _write_row(row: dict[str, Any], results_dir: Path, results_md: Path) -> None:
+    """Close a comparison row (load at the end, machine, code) and write it and the table."""
+    row |= {"load_end": compare.load_average(), "machine": compare.machine(),
+            "code_version": code_version()}
+    row["busy"] = compare.is_busy(row)
+    compare.write_row(results_dir / f"compare-{row['name']}.json", row, results_md)
 
 
 def _summary(m: dict[str, float]) -> str:
@@ -196,11 +202,8 @@ def score_cmd(
     row = {"name": name, "order": order, "description": description or card.version,
            "version": card.version, **scored, "infer_images_per_s": rate,
            "train_images_per_s": None, "load_start": load_start,
-           "load_end": compare.load_average(), "machine": compare.machine(),
-           "images": {"val": len(val_idx)}, "pixels": str(pixels),
-           "code_version": code_version()}
-    row["busy"] = compare.is_busy(row)
-    compare.write_row(results_dir / f"compare-{name}.json", row, results_md)
+           "images": {"val": len(val_idx)}, "pixels": str(pixels)}
+    _write_row(row, results_dir, results_md)
     console.print(f"{name}: {_summary(scored['metrics'])}")
 
 
@@ -243,11 +246,9 @@ def frozen_cmd(
            f"{', flip TTA' if flip else ''} ({cache.meta['size']} px)", **scored,
            "infer_images_per_s": rate,
            "train_images_per_s": None, "seconds": time.perf_counter() - started,
-           "load_start": load_start, "load_end": compare.load_average(),
-           "machine": compare.machine(), "images": {"fit": len(fit_idx), "val": len(val_idx)},
-           "pixels": str(pixels), "code_version": code_version()}
-    row["busy"] = compare.is_busy(row)
-    compare.write_row(results_dir / f"compare-{row['name']}.json", row, results_md)
+           "load_start": load_start, "images": {"fit": len(fit_idx), "val": len(val_idx)},
+           "pixels": str(pixels)}
+    _write_row(row, results_dir, results_md)
     console.print(f"{row['name']}: {_summary(scored['metrics'])}")
 
 
@@ -264,7 +265,7 @@ def heldout_cmd(
     rows = np.arange(len(cache.ids))
     load_start = compare.load_average()
     logits = predict_logits(model, cache.pixels, rows, card.input_size)
-    probs = compare.softmax(logits, card.calibration.temperature)
+    probs = calibrated_probabilities(logits, card.calibration.temperature)
     metrics = cv.distribution_metrics(probs, cache.counts, decoding=card.count_decoding)
     metrics |= cv.audit_metrics(probs, cache.counts)
     inside = cache.counts <= card.class_counts[-1]

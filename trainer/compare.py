@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.model.calibration import calibrate, expected_calibration_error
+from core.model.calibration import (
+    calibrate,
+    calibrated_probabilities,
+    expected_calibration_error,
+)
 from trainer import cv
 
 MARK_START, MARK_END = "<!-- compare-table:start -->", "<!-- compare-table:end -->"
@@ -42,13 +46,6 @@ def is_busy(row: dict[str, Any]) -> bool:
     return row["load_start"] > BUSY_LOAD or row["load_end"] - own > BUSY_LOAD
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def score(logits: np.ndarray, counts: np.ndarray, *, class_counts: list[int], decoding: str,
           target: float, calibrate_mask: np.ndarray | None = None) -> dict[str, Any]:
     """Temperature and thresholds fitted on these validation bins (or ``calibrate_mask`` of
@@ -59,11 +56,11 @@ def score(logits: np.ndarray, counts: np.ndarray, *, class_counts: list[int], de
         inside &= calibrate_mask
     calibration, decision = calibrate(logits[inside], counts[inside], class_counts=class_counts,
                                       target=target, decoding=decoding)
-    probs = softmax(logits, calibration.temperature)
+    probs = calibrated_probabilities(logits, calibration.temperature)
     metrics = cv.distribution_metrics(probs, counts, decoding=decoding)
     metrics |= cv.audit_metrics(probs, counts)
     metrics["ece_uncalibrated"] = expected_calibration_error(
-        softmax(logits)[counts <= last], counts[counts <= last])
+        calibrated_probabilities(logits)[counts <= last], counts[counts <= last])
     metrics["nll"] = float(-np.log(np.maximum(
         probs[np.flatnonzero(inside), counts[inside]], 1e-12)).mean())
     return {"metrics": metrics, "calibration": calibration.model_dump(),
