@@ -19,7 +19,7 @@ from core.db import open_engine
 from core.model.card import ArtifactError, new_version
 from core.quality import headline
 from inference.autotune import tune_artifact
-from trainer import cli_recipe, cli_whole, data
+from trainer import cli_ensemble, cli_recipe, cli_whole, data
 from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
 from trainer.config import FitConfig, read_hyperparameters
@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
     """Mount the trainer package's commands on the root app."""
     cli_recipe.register(train_app)
     cli_whole.register(train_app)
+    cli_ensemble.register(train_app)
     app.add_typer(train_app, name="train")
     app.add_typer(model_app, name="model")
     app.add_typer(data_app, name="data")

@@ -16,6 +16,7 @@ import torch
 import typer
 
 from core.cliutil import console, fail
+from core.model.architectures import build_model
 from core.model.artifact import load_artifact
 from core.model.calibration import calibrated_probabilities, policy_rates
 from core.model.card import Calibration, DecisionPolicy, new_version
@@ -144,6 +145,61 @@ def whole_cmd(
                 tta="hflip" if chosen.endswith("+flip") else "none")
 
 
+def whole_import_cmd(
+    run: Annotated[Path, Opt(help="A run file from `python -m trainer.whole_run` (NAME.pt).")],
+    pixels: Annotated[Path, Opt(help="The exact pixel cache it was trained from (packed).")],
+    name: Annotated[str, Opt(help="Row name [default: whole-gpu-<run name>].")] = "",
+    description: str = "",
+    target_false_alarm_rate: float = 0.05,
+    calibration_ids: Path | None = None,
+    out: Annotated[Path | None, Opt(help="Write it as an artifact here.")] = None,
+    order: int = 40,
+    results_dir: Path = RESULTS_DIR,
+    results_md: Path = RESULTS_MD,
+) -> None:
+    """Score a whole-network run trained elsewhere (a GPU) on this cache's validation split,
+    EMA with and without flip TTA, keep the lower validation NLL; write its row (and, with
+    --out, an artifact calibrated on validation only)."""
+    saved = torch.load(run, map_location="cpu", weights_only=True)
+    record = saved["run"]
+    cfg = WholeConfig(**record["config"])
+    cache = load_pixels(pixels)
+    _, val_idx = _split(cache, record["split"]["val_fraction"], record["split"]["seed"])
+    if len(val_idx) != record["split"]["val"]:
+        fail(f"{pixels} is not the cache {run} was trained on ({len(val_idx)} validation rows, "
+             f"the run had {record['split']['val']})")
+    model = build_model(cfg.architecture, cfg.classes, weights=None, dropout=cfg.dropout)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in saved["ema_state"].items()})
+    model = model.to(memory_format=torch.channels_last).eval()
+    load_start = compare.load_average()
+    val_counts, mask = cache.counts[val_idx], _mask(cache, val_idx, calibration_ids)
+    scored: dict[str, Any] = {}
+    for tta in (False, True):
+        t0 = time.perf_counter()
+        logits = predict_logits(model, cache.pixels, val_idx, cfg.eval_size, tta=tta)
+        rate = len(val_idx) / max(time.perf_counter() - t0, 1e-9)
+        scored["ema+flip" if tta else "ema"] = compare.score(
+            logits, val_counts, class_counts=cfg.class_counts(), decoding=cfg.decoding,
+            target=target_false_alarm_rate, calibrate_mask=mask) | {"infer_images_per_s": rate}
+    chosen = min(scored, key=lambda k: scored[k]["metrics"]["nll"])
+    history = record["history"]
+    row = {"name": name or f"whole-gpu-{record['name']}", "order": order,
+           "config": record["config"], "description": description or
+           f"{cfg.architecture} whole network on {record['device']}, {cfg.epochs} epochs",
+           "chosen_variant": chosen, "variants": scored, **scored[chosen], "history": history,
+           "best_epoch": record["best_epoch"], "trained_on": record["device"],
+           "torch": record["torch"], "seconds": record["seconds"],
+           "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])),
+           "images": {"fit": record["split"]["fit"], "val": len(val_idx)},
+           "pixels": str(pixels), "run_file": str(run), "load_start": load_start}
+    _write_row(row, results_dir, results_md)
+    console.print(f"{row['name']} ({chosen}): {_summary(scored[chosen]['metrics'])}")
+    if out is not None:
+        _export(model, cfg, scored[chosen], cache, out,
+                tta="hflip" if chosen.endswith("+flip") else "none")
+
+
 def _write_row(row: dict[str, Any], results_dir: Path, results_md: Path) -> None:
     """Close a comparison row (load at the end, machine, code) and write it and the table."""
     row |= {"load_end": compare.load_average(), "machine": compare.machine(),
@@ -170,7 +226,7 @@ def _export(model: torch.nn.Module, cfg: WholeConfig, scored: dict[str, Any],
         decision=DecisionPolicy(**scored["decision"]), metrics=metrics,
         data_fingerprint=data.fingerprint([(i, int(c), 0) for i, c in
                                            zip(cache.ids, cache.counts, strict=True)]),
-        code_version=code_version(), half=True, tta=tta)
+        code_version=code_version(), half=True, tta=tta, architecture=cfg.architecture)
     console.print(f"counter {version} -> {directory}")
 
 
@@ -294,6 +350,7 @@ def register(train_app: typer.Typer) -> None:
     """Mount these commands on ``binaudit train``."""
     train_app.command("pixels")(pixels_cmd)
     train_app.command("whole")(whole_cmd)
+    train_app.command("whole-import")(whole_import_cmd)
     train_app.command("score")(score_cmd)
     train_app.command("frozen")(frozen_cmd)
     train_app.command("heldout")(heldout_cmd)

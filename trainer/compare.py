@@ -101,11 +101,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _speed(images_per_s: float | None) -> str:
+    return f"{images_per_s:.1f}" if images_per_s else "–"
+
+
 def _line(label: str, row: dict[str, Any], train: float | None) -> str:
     m = row["metrics"]
     return (f"| {label} | {_pct(m['accuracy_1_5'])} | {m['rmse_1_5']:.3f} | "
             f"{_pct(m['off_by_one_1_5'])} | {m['auroc_off_by_one_1_5']:.3f} | "
             f"{_pct(m['recall_at_fa'])} | {_pct(m['top_5pct_precision'])} / "
             f"{_pct(m['top_5pct_recall'])} | {_pct(m['coverage'])} | {m['ece']:.3f} | "
-            f"{f'{train:.1f}' if train else '–'} | {row['infer_images_per_s']:.1f} | "
+            f"{_speed(train)} | {_speed(row['infer_images_per_s'])} | "
             f"{row['load_start']:.2f} / {row['load_end']:.2f} |")

@@ -43,15 +43,16 @@ def export_counter(full: nn.Module, out: Path, *, class_counts: list[int], decod
                    hyperparameters: dict[str, Any], version: str, input_size: int, decode: str,
                    calibration: Calibration, decision: DecisionPolicy,
                    metrics: dict[str, float], data_fingerprint: str | None, code_version: str,
-                   half: bool, tta: str = "none") -> Path:
-    """Write a trained Lite0 (a cache-trained tail or a whole-network run) as a standard
-    artifact.
+                   half: bool, tta: str = "none",
+                   architecture: str = "efficientnet_lite0") -> Path:
+    """Write a trained Lite counter (a cache-trained tail or a whole-network run) as a
+    standard artifact.
 
     ``half`` stores the state dict in float16 (a few MB, small enough to ship in the
     repository); the loader copies it into float32 parameters.
     """
     card = ModelCard(
-        version=version, architecture="efficientnet_lite0", class_counts=class_counts,
+        version=version, architecture=architecture, class_counts=class_counts,
         input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         decode="draft" if decode == "draft" else "full",
         count_decoding="median" if decoding == "median" else "argmax",

@@ -66,3 +66,12 @@ def tiny_manifest(sample_dir: Path, tiny_labels: Path,
     run_cli("train", "prepare", "--labels", tiny_labels, "--source-dir", sample_dir,
             "--out", out, "--seed", "1")
     return out
+
+
+@pytest.fixture(scope="session")
+def pixels(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `train pixels` cache of 24 real sample images at 32 px (the serving decode)."""
+    out = tmp_path_factory.mktemp("pixels") / "px32"
+    run_cli("train", "pixels", "--source-dir", sample_dir, "--out", out, "--image-size", "32",
+            "--limit", "24", "--workers", "0")
+    return out

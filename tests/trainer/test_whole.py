@@ -37,14 +37,6 @@ def _card(size: int, tta: str = "none") -> ModelCard:
                      created_at=datetime.now(UTC), code_version="test")
 
 
-@pytest.fixture(scope="module")
-def pixels(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, cli: Any) -> Path:
-    out = tmp_path_factory.mktemp("pixels") / "px32"
-    cli("train", "pixels", "--source-dir", sample_dir, "--out", out, "--image-size", "32",
-        "--limit", "24", "--workers", "0")
-    return out
-
-
 def test_pixel_cache_rows_are_the_serving_decode(pixels: Path, sample_dir: Path) -> None:
     """Parity: each cached row is exactly the uint8 tensor the worker's Preprocessor makes
     from the same JPEG bytes at the card's size."""
