@@ -48,7 +48,7 @@ test: venv services-up migrate
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy binaudit core inference worker serve replay audit robots trainer devstack schemas migrations
+	$(BIN)/mypy binaudit core inference worker serve replay audit robots trainer devstack schemas migrations bench
 
 demo: venv services-up migrate
 	bash scripts/demo.sh

@@ -141,11 +141,16 @@ def seed(args: argparse.Namespace) -> None:
     log.info("seeded %s: %d verdicts, %d discrepancies, %d open", DB_NAME, *counts)
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    # None leaves the key to boto3's own credential chain (environment, profile, role).
+    return value.get_secret_value() if value is not None else None
+
+
 def _upload_sample(settings: Settings) -> int:
     cfg = settings.s3
     s3 = boto3.client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region,
-                      aws_access_key_id=cfg.access_key_id.get_secret_value(),
-                      aws_secret_access_key=cfg.secret_access_key.get_secret_value())
+                      aws_access_key_id=_secret(cfg.access_key_id),
+                      aws_secret_access_key=_secret(cfg.secret_access_key))
     if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket=BUCKET)
     ids = sorted(p.stem for p in (SAMPLE / "metadata").glob("*.json"))

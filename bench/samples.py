@@ -50,13 +50,18 @@ def sample_images(source: Path | None = None, *, allow_synthetic: bool = False) 
 
 def synthetic_jpegs(n: int = 350, seed: int = 0) -> list[bytes]:
     """Deterministic stand-ins: noisy gradients at ABID-like sizes (~300–500 px), quality 85."""
+    import numpy as np
     from PIL import Image, ImageFilter
 
     rng = random.Random(seed)
+    # Image.effect_noise draws from C's rand(), which no seed here reaches: the noise comes
+    # from a seeded numpy generator instead (the same Gaussian around grey 128).
+    noise = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         w, h = rng.randint(300, 520), rng.randint(280, 400)
-        img = Image.effect_noise((w, h), rng.uniform(20, 80)).convert("RGB")
+        grey = noise.normal(128.0, rng.uniform(20, 80), (h, w)).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(grey).convert("RGB")
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)

@@ -139,6 +139,9 @@ backtest_runs = Table(
     Column("class_counts", JSONB, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # The topic's partitions when the run started (migration 0008): the run is complete when
+    # every one of them is finished in backtest_run_partitions.
+    Column("partitions", JSONB, nullable=True),
     Column("events", Integer, nullable=False, server_default="0"),
     Column("errors", Integer, nullable=False, server_default="0"),
     Column("status", Text, nullable=False, server_default="running"),
@@ -176,6 +179,26 @@ backtest_results = Table(
         "status IN ('match','mismatch','uncertain','unsupported','error')",
         name="ck_backtest_results_status",
     ),
+)
+
+# A run shared by N replay processes (migration 0008): one row per partition a process took
+# up. The first process pins its [start, stop) bounds; next_offset is the checkpoint (every
+# record below it has a row or needs none), written with the rows; finished_at when done.
+backtest_run_partitions = Table(
+    "backtest_run_partitions",
+    metadata,
+    Column("run_id", Text, ForeignKey("backtest_runs.run_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("start_offset", BigInteger, nullable=False),
+    Column("stop_offset", BigInteger, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("worker", Text, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("start_offset <= next_offset AND next_offset <= stop_offset",
+                    name="ck_backtest_run_partitions_offsets"),
 )
 
 # ---- auditor console (migration 0004) --------------------------------------------------------

@@ -8,6 +8,11 @@ record goes through the worker's own stages (``InferencePipeline``: ImageFetcher
 Nothing is written to ``audit_results``. Rows are idempotent on (run_id, event_id) and on
 (run_id, position), so re-running a run id adds no rows; the run row is upserted.
 
+One run id may be shared by N processes, each replaying a share of the partitions
+(``replay.shards``: ``--shard i/N`` or ``--partitions``). Each records its partitions'
+bounds, checkpoint and completion (``replay.store``); a restart resumes at the checkpoint and
+skips finished partitions. ``replay report RUN`` merges every process's rows.
+
 The window is resolved to offsets first (``core.timewindow``); records inside those
 offsets whose timestamp still falls outside a time window (a robot clock going backwards) are
 skipped, not stored.
@@ -16,25 +21,25 @@ skipped, not stored.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import typer
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import Engine, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Engine
 
 from core.db import open_engine
 from core.model.card import DecisionPolicy, ModelCard
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.progress import progress
 from core.settings import KafkaSettings, Settings
-from core.tables import backtest_results, backtest_runs
 from core.timewindow import Bounds, WindowRequest, derive_run_id, ms, resolve_bounds
 from inference.autotune import open_counter
 from inference.compare import Prediction, policy_for
@@ -44,13 +49,22 @@ from inference.outcomes import verdict_records
 from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
 from inference.positions import Position
 from inference.retries import RetryBudget
+from replay.shards import PartitionProgress, PartitionSelection
+from replay.store import (
+    PartitionState,
+    ReplayError,
+    claim_partitions,
+    close_run,
+    finish_partitions,
+    open_run,
+    write_batch,
+)
 from schemas.events import BinEvent, decode_event, unexpected_error
 from schemas.records import ErrorKind, EventError
 
 log = logging.getLogger(__name__)
 
-class ReplayError(RuntimeError):
-    """The replay cannot start or continue (unknown topic, run id of another model...)."""
+__all__ = ["Replay", "ReplayError", "ReplayOptions", "ReplaySummary", "result_row"]
 
 
 def result_row(run_id: str, position: Position, *, event: BinEvent | None,
@@ -111,10 +125,17 @@ class ReplaySource:
         assert self._consumer is not None, "ReplaySource used outside its `with` block"
         return self._consumer
 
-    def resolve(self, request: WindowRequest) -> Bounds:
+    def partitions(self) -> list[int]:
+        """The topic's partitions (all of them, whichever this process replays)."""
         partitions = self.consumer.partitions_for_topic(self.topic)
         if not partitions:
             raise ReplayError(f"topic {self.topic!r} does not exist or has no partitions")
+        return sorted(partitions)
+
+    def resolve(self, request: WindowRequest, partitions: Sequence[int]) -> Bounds:
+        """The window's [start, stop) offsets in these partitions."""
+        if not partitions:
+            return {}
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         beginning = {tp.partition: o for tp, o in self.consumer.beginning_offsets(tps).items()}
         end = {tp.partition: o for tp, o in self.consumer.end_offsets(tps).items()}
@@ -155,50 +176,6 @@ class ReplaySource:
         return records
 
 
-# ---- Postgres --------------------------------------------------------------------------------
-
-def start_run(engine: Engine, *, run_id: str, model_version: str, topic: str,
-              request: WindowRequest, bounds: Bounds, class_counts: list[int]) -> None:
-    """Insert the run row, or reopen it when the same model re-runs the same run id."""
-    stmt = insert(backtest_runs).values(
-        run_id=run_id, model_version=model_version, topic=topic,
-        requested_window=request.as_json(),
-        resolved_offsets={str(p): list(b) for p, b in sorted(bounds.items())},
-        class_counts=class_counts, started_at=datetime.now(UTC), status="running")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["run_id"],
-        set_={"resolved_offsets": stmt.excluded.resolved_offsets,
-              "started_at": stmt.excluded.started_at, "finished_at": None, "status": "running"},
-        where=(backtest_runs.c.model_version == stmt.excluded.model_version)
-        & (backtest_runs.c.topic == stmt.excluded.topic))
-    with engine.begin() as conn:
-        if conn.execute(stmt).rowcount == 0:
-            raise ReplayError(f"run id {run_id!r} already belongs to another model or topic")
-
-
-def write_rows(engine: Engine, rows: list[dict[str, Any]]) -> int:
-    """Insert result rows (duplicates ignored); the number actually added."""
-    if not rows:
-        return 0
-    stmt = insert(backtest_results).on_conflict_do_nothing().returning(backtest_results.c.id)
-    with engine.begin() as conn:
-        return len(conn.execute(stmt, rows).all())
-
-
-def finish_run(engine: Engine, run_id: str, *, status: str) -> tuple[int, int]:
-    """Close the run; its events/errors are counted from its rows. Returns (events, errors)."""
-    rows = backtest_results.c
-    events = select(func.count()).where(rows.run_id == run_id).scalar_subquery()
-    errors = select(func.count()).where(rows.run_id == run_id,
-                                        rows.status == "error").scalar_subquery()
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(backtest_runs).where(backtest_runs.c.run_id == run_id)
-            .values(finished_at=datetime.now(UTC), status=status, events=events, errors=errors)
-            .returning(backtest_runs.c.events, backtest_runs.c.errors)).one()
-    return int(done.events), int(done.errors)
-
-
 # ---- the run ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -209,19 +186,29 @@ class ReplayOptions:
     run_id: str | None = None
     progress: bool = True
     write_every: int = 64
+    # This process's share of the partitions (default: all of them).
+    selection: PartitionSelection = PartitionSelection()
 
 
 @dataclass
 class ReplaySummary:
     run_id: str
     model_version: str
-    bounds: Bounds
-    events: int = 0  # rows of the run (all runs of this id together)
+    bounds: Bounds  # this process's partitions, as pinned for the run
+    events: int = 0  # rows of the run (every process of this id together)
     errors: int = 0
     added: int = 0  # rows this invocation added (0 on a re-run)
+    replayed: list[int] = field(default_factory=list)  # partitions this invocation read
+    complete: bool = False  # every partition of the topic finished for this run
+    status: str = "running"
     skipped: int = 0  # records inside the offsets but outside the time window
     seconds: float = 0.0
     by_status: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def read(self) -> int:
+        """Records this invocation read (a row each, or skipped as outside the time window)."""
+        return sum(self.by_status.values()) + self.skipped
 
 
 class Replay:
@@ -238,33 +225,49 @@ class Replay:
     def run(self) -> ReplaySummary:
         started = time.monotonic()
         cfg = self.settings.worker
-        counter = self._counter or open_counter(cfg, self.options.model_path)
+        options = self.options
+        counter = self._counter or open_counter(cfg, options.model_path)
         with ExitStack() as stack:
             engine = stack.enter_context(open_engine(self.settings.db, pool_pre_ping=True))
-            source = stack.enter_context(ReplaySource(self.settings.kafka, self.options.topic))
-            bounds = source.resolve(self.options.window)
-            run_id = self.options.run_id or derive_run_id(counter.version, self.options.topic,
-                                                          self.options.window)
-            summary = ReplaySummary(run_id, counter.version, bounds)
-            start_run(engine, run_id=run_id, model_version=counter.version,
-                      topic=self.options.topic, request=self.options.window, bounds=bounds,
-                      class_counts=list(counter.card.class_counts))
-            log.info("replay %s: model %s on %s, offsets %s", run_id, counter.version,
-                     self.options.topic, {p: list(b) for p, b in bounds.items()})
+            source = stack.enter_context(ReplaySource(self.settings.kafka, options.topic))
+            topic_partitions = source.partitions()
+            try:
+                mine = options.selection.select(topic_partitions)
+            except ValueError as exc:
+                raise ReplayError(str(exc)) from exc
+            run_id = options.run_id or derive_run_id(counter.version, options.topic,
+                                                     options.window)
+            open_run(engine, run_id=run_id, model_version=counter.version, topic=options.topic,
+                     request=options.window, partitions=topic_partitions,
+                     class_counts=list(counter.card.class_counts))
+            worker = f"{options.selection.label} on {socket.gethostname()} pid {os.getpid()}"
+            claimed = claim_partitions(engine, run_id=run_id, worker=worker,
+                                       bounds=source.resolve(options.window, mine))
+            todo = _still_to_do(claimed)
+            summary = ReplaySummary(run_id, counter.version,
+                                    {p: (s.start, s.stop) for p, s in claimed.items()},
+                                    replayed=sorted(todo))
+            log.info("replay %s: model %s on %s, %s: offsets %s, to do %s", run_id,
+                     counter.version, options.topic, options.selection.label,
+                     {p: list(b) for p, b in summary.bounds.items()},
+                     {p: list(b) for p, b in todo.items()})
             try:
                 fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
                 pipeline = stack.enter_context(InferencePipeline(
                     counter, Preprocessor(counter.card, ImageLimits.from_settings(cfg)),
                     PipelineConfig.from_settings(cfg, plan=counter.plan),
                     self._outcomes.put, fetcher=fetcher))
-                self._consume(source, pipeline, engine, counter.card, bounds, summary)
+                self._consume(source, pipeline, engine, counter.card, todo, summary)
+                finish_partitions(engine, run_id=run_id, partitions=list(todo))
             except BaseException:
                 try:
-                    finish_run(engine, run_id, status="failed")
+                    close_run(engine, run_id, failed=True)
                 except Exception:  # keep the original error; the run row stays "running"
                     log.exception("replay %s: could not mark the run failed", run_id)
                 raise
-            summary.events, summary.errors = finish_run(engine, run_id, status="finished")
+            totals = close_run(engine, run_id)
+            summary.events, summary.errors = totals.events, totals.errors
+            summary.complete, summary.status = totals.complete, totals.status
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -274,7 +277,14 @@ class Replay:
         policy = policy_for(card, cfg)
         window = self.options.window
         rows: list[dict[str, Any]] = []
+        checkpoint = PartitionProgress()  # written with the rows, so a restart resumes
         last_write = time.monotonic()
+
+        def write() -> None:
+            checkpoints = checkpoint.written([(r["partition"], r["offset"]) for r in rows])
+            summary.added += write_batch(engine, run_id=summary.run_id, rows=rows,
+                                         checkpoints=checkpoints)
+            rows.clear()
 
         def row(position: Position, event: BinEvent | None, **kw: Any) -> None:
             rows.append(result_row(summary.run_id, position, event=event, card=card,
@@ -292,8 +302,7 @@ class Replay:
                 self._collect(pipeline, row)
                 if rows and (len(rows) >= self.options.write_every
                              or time.monotonic() - last_write > 1.0):
-                    summary.added += write_rows(engine, rows)
-                    rows.clear()
+                    write()
                     last_write = time.monotonic()
                 if source.done:
                     if pipeline.in_flight == 0 and self._outcomes.empty():
@@ -307,15 +316,17 @@ class Replay:
                 for record in source.poll(room):
                     position = Position(record.topic, record.partition, record.offset)
                     if not window.contains(record.timestamp):
+                        checkpoint.passed(record.partition, record.offset)
                         summary.skipped += 1
                         bar.update(1)
                         continue
+                    checkpoint.taken(record.partition, record.offset)
                     event = self._decode(position, record.value)
                     if isinstance(event, EventError):
                         row(position, None, error=event)
                         continue
                     pipeline.submit(WorkItem(position, event))
-            summary.added += write_rows(engine, rows)
+            write()
         finally:
             bar.close()
 
@@ -350,7 +361,6 @@ class Replay:
             row(item.position, item.event, prediction=outcome.prediction, error=outcome.error)
 
 
-# ---- CLI -------------------------------------------------------------------------------------
-
-Opt = typer.Option
-
+def _still_to_do(claimed: dict[int, PartitionState]) -> Bounds:
+    """[resume, stop) of the partitions not finished yet (a restart starts at the checkpoint)."""
+    return {p: (s.resume, s.stop) for p, s in sorted(claimed.items()) if not s.finished}

@@ -5,6 +5,10 @@ Metrics reuse ``core.scoring.counting_metrics``. Two scopes: every event with a 
 (``accuracy``, ``rmse``, ...) and only events whose expected count the model supports
 (``accuracy_1_5``, ``rmse_1_5``, ... for classes 1..5). Agreement with production compares the
 verdict status per event with ``audit_results`` of one production model version.
+
+A run may be written by N processes (``replay --shard i/N``): the report reads every row of
+the run id, in (partition, offset) order so that it does not depend on which process wrote
+what when, and its ``coverage`` says which of the topic's partitions are not finished yet.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from sqlalchemy import Connection, Engine, func, select
 
 from core.quality import audit_quality, markdown, pr_curve
 from core.scoring import counting_metrics
-from core.tables import audit_results, backtest_results, backtest_runs
+from core.tables import (
+    audit_results,
+    backtest_results,
+    backtest_run_partitions,
+    backtest_runs,
+)
 from core.truth import TruthEntry, truth_rows
 
 SCALARS = ("accuracy", "rmse", "mae", "off_by_one_accuracy")
@@ -143,12 +152,42 @@ def quality_section(rows: Sequence[ResultRow], truth: Mapping[str, TruthEntry]
     return {**audit_quality(joined), "not_in_truth": unknown, "pr_curve": pr_curve(joined)}
 
 
+@dataclass(frozen=True)
+class PartitionDone:
+    """One partition a replay process took up for the run."""
+
+    partition: int
+    start_offset: int
+    stop_offset: int
+    next_offset: int
+    finished: bool
+
+
+def coverage(topic_partitions: Sequence[int], taken: Sequence[PartitionDone]
+             ) -> dict[str, Any]:
+    """Which of the topic's partitions the run's processes finished, are still on (with the
+    records left), or never took up. Complete when all are finished."""
+    by_partition = {t.partition: t for t in taken}
+    finished = sorted(p for p, t in by_partition.items() if t.finished)
+    unfinished = {str(p): {"next_offset": t.next_offset, "stop_offset": t.stop_offset,
+                           "records_left": t.stop_offset - t.next_offset}
+                  for p, t in sorted(by_partition.items()) if not t.finished}
+    untouched = sorted(set(topic_partitions) - set(by_partition))
+    return {"complete": not unfinished and not untouched,
+            "partitions": len(set(topic_partitions) | set(by_partition)),
+            "finished": finished, "unfinished": unfinished, "not_started": untouched}
+
+
 def build_report(run: dict[str, Any], rows: Sequence[ResultRow],
                  production: tuple[str, Sequence[ProductionRow]] | None,
-                 truth: Mapping[str, TruthEntry] | None = None) -> dict[str, Any]:
-    """The whole report of one run (pure); with ``truth``, its audit quality too."""
+                 truth: Mapping[str, TruthEntry] | None = None,
+                 taken: Sequence[PartitionDone] | None = None) -> dict[str, Any]:
+    """The whole report of one run (pure); with ``truth``, its audit quality too, and with
+    the partitions its processes ``taken`` up, its coverage."""
     class_counts = list(run["class_counts"])
     report = {"run": run, **backtest_metrics(rows, class_counts)}
+    report["coverage"] = None if taken is None else coverage(
+        run.get("partitions") or [int(p) for p in run["resolved_offsets"]], taken)
     report["audit_quality"] = _clean(quality_section(rows, truth)) if truth is not None else None
     comparison = None
     if production is not None:
@@ -170,9 +209,18 @@ def load_run(*, conn: Connection, run_id: str) -> tuple[dict[str, Any], list[Res
     rows = conn.execute(select(r.event_id, r.bin_id, r.image_uri, r.expected_quantity,
                                r.predicted_quantity, r.status, r.error_kind, r.p_expected,
                                r.discrepancy_score)
-                        .where(r.run_id == run_id).order_by(r.id)).all()
+                        .where(r.run_id == run_id).order_by(r.partition, r.offset)).all()
     meta = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in run.items()}
     return meta, [ResultRow(*row) for row in rows]
+
+
+def load_partitions(*, conn: Connection, run_id: str) -> list[PartitionDone]:
+    """The partitions the run's processes took up, with their progress."""
+    t = backtest_run_partitions.c
+    found = conn.execute(select(t.partition, t.start_offset, t.stop_offset, t.next_offset,
+                                t.finished_at.is_not(None))
+                         .where(t.run_id == run_id).order_by(t.partition)).all()
+    return [PartitionDone(*row) for row in found]
 
 
 def load_production(*, conn: Connection, run_id: str, version: str | None
@@ -193,13 +241,15 @@ def load_production(*, conn: Connection, run_id: str, version: str | None
     return version, [ProductionRow(*row) for row in rows]
 
 
-def report_for_run(engine: Engine, run_id: str, path: Path, *, compare_to: str | None = None,
-                   truth: Mapping[str, TruthEntry] | None = None) -> list[Path]:
-    """Load, compute and write the report of ``run_id``: PATH.json, PATH.md, PATH PNGs."""
-    with engine.connect() as conn:
+def load_report(engine: Engine, run_id: str, *, compare_to: str | None = None,
+                truth: Mapping[str, TruthEntry] | None = None) -> dict[str, Any]:
+    """The report of ``run_id`` over every process's rows (one snapshot of the database)."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, \
+            conn.begin():
         run, rows = load_run(conn=conn, run_id=run_id)
         production = load_production(conn=conn, run_id=run_id, version=compare_to)
-    return write_report(build_report(run, rows, production, truth), path)
+        taken = load_partitions(conn=conn, run_id=run_id)
+    return build_report(run, rows, production, truth, taken)
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -227,6 +277,18 @@ def write_report(report: dict[str, Any], path: Path) -> list[Path]:
     return written
 
 
+def _coverage_lines(cover: dict[str, Any] | None) -> list[str]:
+    if cover is None:
+        return []
+    if cover["complete"]:
+        return [f"- coverage: complete ({cover['partitions']} partitions)"]
+    left = ", ".join(f"{p} ({u['records_left']} records left)"
+                     for p, u in cover["unfinished"].items())
+    return [f"- coverage: **incomplete**, {len(cover['finished'])} of {cover['partitions']} "
+            f"partitions finished; unfinished: {left or '-'}; not started: "
+            f"{', '.join(map(str, cover['not_started'])) or '-'}"]
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -244,7 +306,8 @@ def render_markdown(report: dict[str, Any], png_name: str, *,
         f"- offsets: `{json.dumps(run['resolved_offsets'])}`",
         f"- events: {report['events']} (predicted {report['predicted']}, errors "
         f"{report['errors']} {report['error_kinds']})",
-        f"- statuses: {report['statuses']}", "",
+        f"- statuses: {report['statuses']}",
+        *_coverage_lines(report.get("coverage")), "",
         f"| metric | all counts | counts {suffix.replace('_', '..')} |", "|---|---|---|",
         f"| events | {report['predicted']} | {report[f'n_{suffix}']} |",
         *(f"| {k} | {_fmt(report[k])} | {_fmt(report[f'{k}_{suffix}'])} |" for k in SCALARS),

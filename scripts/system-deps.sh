@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the local services need: Java 17 (Kafka), Maven (resolves the Kafka jars),
 # PostgreSQL 15 server binaries, Chromium + chromedriver (the console's browser tests),
-# Prometheus for its promtool (tests/deploy checks and unit-tests the alert rules).
+# Prometheus: promtool (tests/deploy checks and unit-tests the alert rules) and the server
+# binary (tests/reliability/test_alerts_e2e.py runs one on a free port).
 # Installs only what is missing; no-op on a prepared machine.
 set -euo pipefail
 missing=()
@@ -13,7 +14,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
@@ -25,7 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 ${SUDO:-} apt-get update
 DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y --no-install-recommends "${missing[@]}"
-# Only promtool is wanted: a Prometheus server that the package started would hold :9090.
+# The tests start their own servers: one that the package started would hold :9090.
 if [[ " ${missing[*]} " == *" prometheus "* ]]; then
     ${SUDO:-} service prometheus stop >/dev/null 2>&1 || true
 fi

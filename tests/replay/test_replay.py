@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
 from binaudit.cli import app
@@ -151,13 +151,6 @@ def own_db(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
     """Settings whose database is a fresh one of this module, migrated to head."""
     with fresh_database("binaudit_replay") as settings:
         yield settings
-
-
-@pytest.fixture
-def own_engine(own_db: Settings) -> Iterator[Engine]:
-    engine = create_engine(own_db.db.url.get_secret_value())
-    yield engine
-    engine.dispose()
 
 
 def _query(engine: Engine, sql: str, **params: Any) -> list[Any]:
