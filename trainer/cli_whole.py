@@ -116,18 +116,8 @@ def whole_cmd(
     except ValueError as exc:  # --resume of a checkpoint written with other flags
         fail(str(exc))
     variants = {"raw": trained.model, "ema": trained.ema.module}
-    val_counts, mask = cache.counts[val_idx], _mask(cache, val_idx, calibration_ids)
-    scored: dict[str, Any] = {}
-    for label, model in variants.items():
-        for tta in (False, True):
-            t0 = time.perf_counter()
-            logits = predict_logits(model, cache.pixels, val_idx, cfg.eval_size, tta=tta)
-            rate = len(val_idx) / max(time.perf_counter() - t0, 1e-9)
-            key = f"{label}{'+flip' if tta else ''}"
-            scored[key] = compare.score(logits, val_counts, class_counts=cfg.class_counts(),
-                                        decoding=cfg.decoding, target=target_false_alarm_rate,
-                                        calibrate_mask=mask) | {"infer_images_per_s": rate}
-            console.print(f"{key}: {_summary(scored[key]['metrics'])}")
+    scored = _score_variants(variants, cache, val_idx, cfg, target_false_alarm_rate,
+                             _mask(cache, val_idx, calibration_ids))
     chosen = min(scored, key=lambda k: scored[k]["metrics"]["nll"])
     history = trained.history
     row = {"name": name, "order": order, "config": cfg.model_dump(mode="json"),
@@ -173,15 +163,8 @@ def whole_import_cmd(
                            for k, v in saved["ema_state"].items()})
     model = model.to(memory_format=torch.channels_last).eval()
     load_start = compare.load_average()
-    val_counts, mask = cache.counts[val_idx], _mask(cache, val_idx, calibration_ids)
-    scored: dict[str, Any] = {}
-    for tta in (False, True):
-        t0 = time.perf_counter()
-        logits = predict_logits(model, cache.pixels, val_idx, cfg.eval_size, tta=tta)
-        rate = len(val_idx) / max(time.perf_counter() - t0, 1e-9)
-        scored["ema+flip" if tta else "ema"] = compare.score(
-            logits, val_counts, class_counts=cfg.class_counts(), decoding=cfg.decoding,
-            target=target_false_alarm_rate, calibrate_mask=mask) | {"infer_images_per_s": rate}
+    scored = _score_variants({"ema": model}, cache, val_idx, cfg, target_false_alarm_rate,
+                             _mask(cache, val_idx, calibration_ids))
     chosen = min(scored, key=lambda k: scored[k]["metrics"]["nll"])
     history = record["history"]
     row = {"name": name or f"whole-gpu-{record['name']}", "order": order,
@@ -198,6 +181,26 @@ def whole_import_cmd(
     if out is not None:
         _export(model, cfg, scored[chosen], cache, out,
                 tta="hflip" if chosen.endswith("+flip") else "none")
+
+
+def _score_variants(variants: dict[str, torch.nn.Module], cache: PixelCache,
+                    val_idx: np.ndarray, cfg: WholeConfig, target: float,
+                    mask: np.ndarray | None) -> dict[str, Any]:
+    """Each model with and without flip TTA, scored on the validation rows (temperature and
+    thresholds fitted there), with the images/s of its scoring pass: {"ema+flip": {...}, ...}."""
+    scored: dict[str, Any] = {}
+    for label, model in variants.items():
+        for tta in (False, True):
+            t0 = time.perf_counter()
+            logits = predict_logits(model, cache.pixels, val_idx, cfg.eval_size, tta=tta)
+            rate = len(val_idx) / max(time.perf_counter() - t0, 1e-9)
+            key = f"{label}{'+flip' if tta else ''}"
+            scored[key] = compare.score(logits, cache.counts[val_idx],
+                                        class_counts=cfg.class_counts(), decoding=cfg.decoding,
+                                        target=target, calibrate_mask=mask
+                                        ) | {"infer_images_per_s": rate}
+            console.print(f"{key}: {_summary(scored[key]['metrics'])}")
+    return scored
 
 
 def _write_row(row: dict[str, Any], results_dir: Path, results_md: Path) -> None:

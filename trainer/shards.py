@@ -51,15 +51,18 @@ def pack(pixels_dir: Path, out: Path, start: int, stop: int, quality: int = 85) 
     return out / f"{name}.bin"
 
 
-def _decode(task: tuple[str, int, list[int], str, int]) -> int:
-    blob_path, start, lengths, pixels_path, _ = task
-    blob = Path(blob_path).read_bytes()
+def _decode(task: tuple[str, int, int, list[int], str]) -> int:
+    """Decode ``lengths`` WebP images found at byte ``offset`` of a shard into rows ``start``..."""
+    blob_path, offset, start, lengths, pixels_path = task
+    with open(blob_path, "rb") as f:
+        f.seek(offset)
+        blob = f.read(sum(lengths))
     pixels = np.load(pixels_path, mmap_mode="r+")
-    offset = 0
+    at = 0
     for i, n in enumerate(lengths):
-        with Image.open(io.BytesIO(blob[offset:offset + n])) as img:
+        with Image.open(io.BytesIO(blob[at:at + n])) as img:
             pixels[start + i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
-        offset += n
+        at += n
     pixels.flush()
     return len(lengths)
 
@@ -83,19 +86,12 @@ def unpack(shard_dirs: list[Path], out: Path, workers: int = 8) -> int:
     tasks = []
     for path, ix in indexes:  # ~500 images a task, so every worker gets several
         for s in range(0, len(ix["lengths"]), 500):
-            lengths = ix["lengths"][s:s + 500]
-            skip = sum(ix["lengths"][:s])
-            part = out / f".{path.stem}-{s}.bin"
-            with path.open("rb") as f:
-                f.seek(skip)
-                part.write_bytes(f.read(sum(lengths)))
-            tasks.append((str(part), ix["start"] + s, lengths, str(out / "pixels.npy"), 0))
+            tasks.append((str(path), sum(ix["lengths"][:s]), ix["start"] + s,
+                          ix["lengths"][s:s + 500], str(out / "pixels.npy")))
     started, done = time.perf_counter(), 0
     with ProcessPoolExecutor(workers) as pool:
         for n in pool.map(_decode, tasks):
             done += n
-    for task in tasks:
-        Path(task[0]).unlink()
     log.info("unpacked %d images in %.1fs -> %s", done, time.perf_counter() - started, out)
     return done
 
