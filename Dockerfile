@@ -48,8 +48,11 @@ RUN pip install --no-deps . \
     && useradd --system --uid 10001 --create-home binaudit
 
 USER binaudit
-# SageMaker unpacks the model artifact here; compose and Kubernetes override it.
-ENV BINAUDIT_WORKER__MODEL_PATH=/opt/ml/model
+# SageMaker unpacks the model artifact here and runs it without a database: the image runs
+# that model (pinned). Deployments with the registry (compose) turn following on and give
+# the database; the model here is then only a new deployment's first production version.
+ENV BINAUDIT_INFERENCE__MODEL=/opt/ml/model \
+    BINAUDIT_INFERENCE__FOLLOW_REGISTRY=false
 # `binaudit serve` binds 127.0.0.1 by default; in a container it must listen on every
 # interface (SageMaker and port publishing reach it from outside the container).
 ENV BINAUDIT_SERVE__HOST=0.0.0.0

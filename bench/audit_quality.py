@@ -44,8 +44,9 @@ def measure(settings: Settings, model: Path, *, out: Path, rate: float, seed: in
     """Publish with wrong manifests, judge with ``model``, write and return the section."""
     load_start = os.getloadavg()[0]
     topic = f"bench-quality-{uuid.uuid4().hex[:10]}"
-    run = kafka_for(settings, topic=topic).model_copy(update={"worker": settings.worker.model_copy(
-        update={"model_path": model, "exit_when_idle_s": 3.0})})
+    run = kafka_for(settings, topic=topic).model_copy(update={
+        "worker": settings.worker.model_copy(update={"exit_when_idle_s": 3.0}),
+        "inference": settings.inference.model_copy(update={"model": str(model)})})
     truth_path = out.with_suffix(".truth.csv")
     publish(run, PublishOptions(source=source, topic=topic, progress=False,
                                 plan=EventPlan(bucket=run.s3.bucket, seed=seed),
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
     settings = bench_settings(Settings(), db_name=args.db_name,
-                              worker={"device": "cpu"})
+                              inference={"device": "cpu"})
     prepare_database(settings)
     section = measure(settings, args.model.resolve(), out=args.out, rate=args.rate,
                       seed=args.seed)

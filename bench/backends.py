@@ -121,12 +121,12 @@ def process_startup(artifact: Path, device: str, cache_dir: Path, backends: list
     import subprocess
     import sys
 
-    env = {**os.environ, "BINAUDIT_WORKER__DEVICE": device,
-           "BINAUDIT_WORKER__INFERENCE_CACHE_DIR": str(cache_dir),
-           "BINAUDIT_WORKER__BACKEND": "auto",
-           "BINAUDIT_WORKER__TUNE_BACKENDS": json.dumps([b for b in backends if b != "eager"]),
-           "BINAUDIT_WORKER__TUNE_BATCH_SIZES": json.dumps(batch_sizes)}
-    env.pop("BINAUDIT_WORKER__MAX_BATCH_SIZE", None)
+    env = {**os.environ, "BINAUDIT_INFERENCE__DEVICE": device,
+           "BINAUDIT_INFERENCE__INFERENCE_CACHE_DIR": str(cache_dir),
+           "BINAUDIT_INFERENCE__BACKEND": "auto",
+           "BINAUDIT_INFERENCE__TUNE_BACKENDS": json.dumps([b for b in backends if b != "eager"]),
+           "BINAUDIT_INFERENCE__TUNE_BATCH_SIZES": json.dumps(batch_sizes)}
+    env.pop("BINAUDIT_INFERENCE__MAX_BATCH_SIZE", None)
     out: dict[str, Any] = {}
     for phase in ("cold", "warm"):
         started = time.perf_counter()

@@ -51,7 +51,7 @@ def s3_get_rate(settings: Settings, uris: list[str], *, repeats: int) -> Rate:
 def decode_pool_rate(settings: Settings, images: list[bytes], preprocessor: Preprocessor, *,
                      repeats: int) -> Rate:
     rate = Rate()
-    with concurrent.futures.ThreadPoolExecutor(settings.worker.decode_workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(settings.inference.decode_workers) as pool:
         for _ in range(repeats):
             started = time.perf_counter()
             list(pool.map(preprocessor, images))
@@ -141,7 +141,7 @@ def measure_all(settings: Settings, *, topic: str, events: list[BinEvent], image
         "events": n,
         "s3_get": {"concurrency": settings.s3.max_concurrency,
                    "per_s": s3_get_rate(settings, uris, repeats=repeats).as_dict()},
-        "decode": {"workers": settings.worker.decode_workers,
+        "decode": {"workers": settings.inference.decode_workers,
                    "per_s": decode_pool_rate(settings, pool_images, preprocessor,
                                              repeats=repeats).as_dict()},
         "kafka_consume": {"max_records": settings.worker.poll_max_records,
@@ -161,5 +161,5 @@ def measure_all(settings: Settings, *, topic: str, events: list[BinEvent], image
 
 
 def limits_of(settings: Settings) -> ImageLimits:
-    return ImageLimits.from_settings(settings.worker)
+    return ImageLimits.from_settings(settings.inference)
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = bench_settings(with_local_s3(Settings()), db_name=args.db_name)
     prepare_database(settings)
     # The worker's batch before autotuning (16): the model and ceiling sections' reference.
-    batch = args.batch_size or settings.worker.max_batch_size or 16
+    batch = args.batch_size or settings.inference.max_batch_size or 16
     base = {"device": device, "artifact": str(artifact), "db_name": args.db_name,
             "repeats": prof.repeats, "min_seconds": prof.min_seconds}
     sections: dict[str, Any] = {}

@@ -63,21 +63,22 @@ class ScenarioConfig:
     cache_dir: str | None = None
 
 
-def _worker_overrides(cfg: ScenarioConfig, **worker: object) -> dict[str, object]:
-    extra = {"device": cfg.device, "max_batch_size": cfg.batch_size, **worker}
+def _inference_overrides(cfg: ScenarioConfig, **inference: object) -> dict[str, object]:
+    extra = {"device": cfg.device, "max_batch_size": cfg.batch_size, **inference}
     if cfg.decode_workers:
         extra["decode_workers"] = cfg.decode_workers
     return extra
 
 
-def _settings(cfg: ScenarioConfig, **worker: object) -> Any:
+def _settings(cfg: ScenarioConfig, *, worker: dict[str, object] | None = None,
+              **inference: object) -> Any:
     """Settings for scenarios that use the services (bench database, bucket)."""
     from bench.services import bench_settings
     from core.settings import Settings
     from devstack.clientenv import with_local_s3
 
-    return bench_settings(with_local_s3(Settings()), db_name=cfg.db_name,
-                          worker=_worker_overrides(cfg, **worker))
+    return bench_settings(with_local_s3(Settings()), db_name=cfg.db_name, worker=worker,
+                          inference=_inference_overrides(cfg, **inference))
 
 
 def _local_settings(cfg: ScenarioConfig) -> Any:
@@ -85,8 +86,8 @@ def _local_settings(cfg: ScenarioConfig) -> Any:
     from core.settings import Settings
 
     base = Settings()
-    return base.model_copy(update={"worker": base.worker.model_copy(
-        update=_worker_overrides(cfg))})
+    return base.model_copy(update={"inference": base.inference.model_copy(
+        update=_inference_overrides(cfg))})
 
 
 def _preprocessor(settings: Any, card: Any) -> Any:
@@ -152,7 +153,7 @@ def scenario_ceiling(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.services import published_topic
     from robots.publisher import build_events
 
-    settings = _settings(cfg, exit_when_idle_s=3.0)
+    settings = _settings(cfg, worker={"exit_when_idle_s": 3.0})
     events = cfg.events or 2000
     null = NullCounter(224, "cpu")
     with published_topic(settings, events) as topic:
@@ -172,7 +173,7 @@ def scenario_ceiling(cfg: ScenarioConfig) -> dict[str, Any]:
 def scenario_null_worker(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.services import published_topic
 
-    settings = _settings(cfg, exit_when_idle_s=3.0)
+    settings = _settings(cfg, worker={"exit_when_idle_s": 3.0})
     with published_topic(settings, cfg.events) as topic:
         run = _null_worker_runs(cfg, settings, topic, cfg.events, 1)[0]
     return {"events": cfg.events, "run": run, "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
@@ -200,7 +201,7 @@ def scenario_startup(cfg: ScenarioConfig) -> dict[str, Any]:
                            cfg.sweep_batch_sizes)
 
 
-def _tuned_counter(cfg: ScenarioConfig, worker: Any) -> tuple[Any, dict[str, Any]]:
+def _tuned_counter(cfg: ScenarioConfig, inference: Any) -> tuple[Any, dict[str, Any]]:
     """The worker's start-up twice: cold (tunes, fills the cache) then warm (reads it)."""
     import time
 
@@ -209,7 +210,7 @@ def _tuned_counter(cfg: ScenarioConfig, worker: Any) -> tuple[Any, dict[str, Any
     times: dict[str, Any] = {}
     for phase in ("cold", "warm"):
         started = time.perf_counter()
-        counter = open_counter(worker)
+        counter = open_counter(inference)
         warm_up = counter.warm_up()
         times[f"{phase}_s"] = round(time.perf_counter() - started, 1)
         times[f"{phase}_warm_up_s"] = round(warm_up, 1)
@@ -241,9 +242,9 @@ def scenario_e2e(cfg: ScenarioConfig) -> dict[str, Any]:
               "tune_backends": tuple(b for b in backends if b != "eager"),
               "tune_batch_sizes": tuple(cfg.sweep_batch_sizes), "inference_cache_dir": cache} \
         if cfg.backends else {"backend": "eager", "max_batch_size": cfg.batch_size}
-    settings = _settings(cfg, exit_when_idle_s=3.0, model_path=artifact, **tuning)
-    counter, startup = _tuned_counter(cfg, settings.worker) if cfg.backends else \
-        (_eager_counter(cfg, settings.worker), {})
+    settings = _settings(cfg, worker={"exit_when_idle_s": 3.0}, model=str(artifact), **tuning)
+    counter, startup = _tuned_counter(cfg, settings.inference) if cfg.backends else \
+        (_eager_counter(cfg, settings.inference), {})
     assert counter.plan is not None
     bs = counter.plan.max_batch_size
     rows, counters = sweep(artifact, device, backends,
@@ -274,10 +275,10 @@ def scenario_e2e(cfg: ScenarioConfig) -> dict[str, Any]:
                        startup, events, settings)
 
 
-def _eager_counter(cfg: ScenarioConfig, worker: Any) -> Any:
+def _eager_counter(cfg: ScenarioConfig, inference: Any) -> Any:
     from inference.autotune import open_counter
 
-    counter = open_counter(worker)
+    counter = open_counter(inference)
     counter.warm_up()
     return counter
 
@@ -327,7 +328,7 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
     images = sample_images(allow_synthetic=True)
     side = counter.card.input_size
     sync = torch.cuda.synchronize if counter.is_cuda else None
-    wcfg = settings.worker
+    icfg, wcfg = settings.inference, settings.worker
     runs = []
     for bs in cfg.local_batch_sizes or [cfg.batch_size]:
         step = counter_step(counter, torch.randn(bs, 3, side, side))
@@ -335,8 +336,8 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
         model = measure_rate(step, repeats=cfg.repeats, min_seconds=cfg.min_seconds, sync=sync)
         events = cfg.events or int(min(cfg.max_events, max(cfg.min_events,
                                                             model.median * cfg.target_seconds)))
-        config = PipelineConfig(max_batch_size=bs, max_wait_s=(wcfg.max_wait_ms or 50) / 1000,
-                                decode_workers=wcfg.decode_workers)
+        config = PipelineConfig(max_batch_size=bs, max_wait_s=(icfg.max_wait_ms or 50) / 1000,
+                                decode_workers=icfg.decode_workers)
         pipeline = run_pipeline(counter, pre, images, events=events, config=config,
                                 max_in_flight=max(wcfg.max_in_flight, 4 * bs))
         log.info("local pipeline bs=%d: %s/s (model alone %.1f/s)", bs,
@@ -351,17 +352,17 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
 
     return {"samples": str(find_sample_dir() or "synthetic JPEGs"),
             "channels_last": getattr(counter.backend, "channels_last", None),
-            "decode_workers": wcfg.decode_workers,
+            "decode_workers": icfg.decode_workers,
             "runs": runs, "per_event": per_event}
 
 
 def _worker_knobs(settings: Any) -> dict[str, Any]:
-    w = settings.worker
-    return {"max_batch_size": w.max_batch_size, "max_wait_ms": w.max_wait_ms,
-            "backend": w.backend,
-            "decode_workers": w.decode_workers, "max_in_flight": w.max_in_flight,
+    i, w = settings.inference, settings.worker
+    return {"max_batch_size": i.max_batch_size, "max_wait_ms": i.max_wait_ms,
+            "backend": i.backend,
+            "decode_workers": i.decode_workers, "max_in_flight": w.max_in_flight,
             "poll_max_records": w.poll_max_records, "s3_max_concurrency":
-            settings.s3.max_concurrency, "device": w.device}
+            settings.s3.max_concurrency, "device": i.device}
 
 
 SCENARIOS = {"backends": scenario_backends, "startup": scenario_startup,

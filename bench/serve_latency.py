@@ -94,8 +94,8 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "BINAUDIT_WORKER__MODEL_PATH": str(artifact),
-               "BINAUDIT_WORKER__DEVICE": device,
+               "BINAUDIT_INFERENCE__MODEL": str(artifact),
+               "BINAUDIT_INFERENCE__DEVICE": device,
                "BINAUDIT_SERVE__MAX_BATCH_SIZE": str(max_batch_size),
                "BINAUDIT_SERVE__MAX_WAIT_MS": str(max_wait_ms),
                "BINAUDIT_SERVE__MAX_QUEUE": "1024",

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.samples import SAMPLE_DIR
-from core.settings import Settings
+from core.settings import InferenceSettings, Settings, WorkerSettings
 from migrations.runner import upgrade
 from robots.publisher import EventPlan, PublishOptions, publish
 
@@ -31,14 +31,19 @@ BENCH_BUCKET = "binaudit-bench"
 
 
 def bench_settings(base: Settings, *, db_name: str, bucket: str = BENCH_BUCKET,
-                   worker: dict[str, object] | None = None) -> Settings:
-    """``base`` pointed at the bench database and bucket, metrics endpoint off."""
+                   worker: dict[str, object] | None = None,
+                   inference: dict[str, object] | None = None) -> Settings:
+    """``base`` pointed at the bench database and bucket, metrics endpoint off; ``worker``
+    and ``inference`` override fields of those sections (validated like settings)."""
     url = make_url(base.db.url.get_secret_value()).set(database=db_name)
     return base.model_copy(update={
         "db": base.db.model_copy(update={
             "url": SecretStr(url.render_as_string(hide_password=False))}),
         "s3": base.s3.model_copy(update={"bucket": bucket, "allowed_buckets": (bucket,)}),
-        "worker": base.worker.model_copy(update={"metrics_port": None, **(worker or {})}),
+        "worker": WorkerSettings.model_validate(
+            {**base.worker.model_dump(), "metrics_port": None, **(worker or {})}),
+        "inference": InferenceSettings.model_validate(
+            {**base.inference.model_dump(), **(inference or {})}),
     })
 
 

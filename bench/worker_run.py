@@ -89,7 +89,7 @@ def run_worker(settings: Settings, counter: BinCounter, *, expected: int) -> dic
         raise RuntimeError("the worker consumed nothing (topic empty or group never joined)")
     window = worker.last_write - worker.first_accept
     stages = stage_seconds(worker.registry)
-    cfg = settings.worker
+    cfg = settings.inference
     busy = {
         # Share of the window each stage's workers were busy (1.0 = saturated).
         "infer_thread": round(stages["infer"]["sum_s"] / window, 3),

@@ -8,8 +8,9 @@ working directory is read too.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -152,12 +153,31 @@ class DatabaseSettings(BaseModel):
         return args
 
 
-class WorkerSettings(BaseModel):
+class InferenceSettings(BaseModel):
+    """The model and how it runs: shared by the worker, serve, replay and the trainer's
+    evaluation (no front end reads another front end's section for these)."""
+
     model_config = _FROZEN
 
-    # The counter shipped in the repository (trainer/RESULTS.md); `train quickstart` and
-    # `train counter` write elsewhere (artifacts/models/...).
-    model_path: Path = Path("models/counter")
+    # The counter used when the registry names none for this deployment: a local artifact
+    # directory or an s3://bucket/prefix/ URI (downloaded, checksum-verified and cached in
+    # artifact_cache_dir). The default is the counter shipped in the repository
+    # (trainer/RESULTS.md); `train quickstart` and `train counter` write elsewhere.
+    model: str = "models/counter"
+    # The named deployment whose registry stages (production, shadow) this process follows
+    # (`binaudit model promote`); None: one deployment per topic, named after it.
+    deployment: str | None = None
+    # Follow the registry: load the deployment's production version (and run its shadow) and
+    # switch without restart when a promotion is announced (LISTEN/NOTIFY, polled every
+    # registry_poll_s as a fallback). False pins ``model`` (replay, tests, one-off runs).
+    follow_registry: bool = True
+    registry_poll_s: float = Field(30.0, gt=0)
+    # Run the deployment's shadow model on the production batches (never written to
+    # audit_results/discrepancies); its queue holds at most this many batches, and a batch
+    # that finds it full is skipped (counted), so production never waits for the shadow.
+    run_shadow: bool = True
+    shadow_queue_batches: int = Field(8, ge=1)
+    artifact_cache_dir: Path = Path.home() / ".cache" / "binaudit" / "artifacts"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Inference backend (inference/backends/): "auto" measures the device's candidates at
     # start-up (cached per artifact and device) and keeps the fastest; a name pins one.
@@ -173,10 +193,11 @@ class WorkerSettings(BaseModel):
     tune_seconds: float = Field(1.0, gt=0)
     # Tuning results, exported/compiled forms missing from the artifact, compile caches.
     inference_cache_dir: Path = Path.home() / ".cache" / "binaudit" / "inference"
-    # Bounded queues: events fetched/decoded but not yet written. Full => pause partitions.
-    max_in_flight: int = Field(256, ge=1)
     decode_workers: int = Field(2, ge=1)
-    poll_max_records: int = 64
+    # Backoff between retries of what is not the event's fault in the pipeline: a failing
+    # model, an S3 outage (the worker's own section has its Postgres/commit backoff).
+    retry_backoff_initial_s: float = Field(0.5, gt=0)
+    retry_backoff_max_s: float = Field(10.0, gt=0)
     # Overrides of the model card's decision thresholds (None: the card's, chosen by the
     # trainer on validation for its target false-alarm rate). match when P(manifest count)
     # >= match_min_p; mismatch when 1 - P(manifest count) >= mismatch_min_score.
@@ -184,10 +205,6 @@ class WorkerSettings(BaseModel):
     mismatch_min_score: float | None = Field(None, ge=0.0, le=1.0)
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    metrics_port: int | None = 9108
-    shutdown_deadline_s: float = 30.0
-    retry_backoff_initial_s: float = 0.5
-    retry_backoff_max_s: float = 10.0
     # Test/bench hook: a per-batch sleep that simulates a slow model (seconds).
     artificial_delay_s: float = 0.0
     # Test hook: while this file exists every forward pass raises (a model failing for a
@@ -196,6 +213,80 @@ class WorkerSettings(BaseModel):
     # Test hook (never set it in production): a forward pass of more images than this raises
     # an out-of-memory error, so that batch halving can be tested on CPU.
     oom_above_batch: int | None = Field(None, ge=0)
+
+    @property
+    def model_path(self) -> Path:
+        """``model`` as a local path (an s3:// model is resolved by core.model.store)."""
+        return Path(self.model)
+
+    def deployment_for(self, topic: str) -> str:
+        return self.deployment or topic
+
+
+class RegistrySettings(BaseModel):
+    """``binaudit model promote``: the gate a candidate passes on its way to production."""
+
+    model_config = _FROZEN
+
+    # Production needs evidence (a backtest of candidate and production on the same events,
+    # or the candidate's shadow verdicts next to production's) whose numbers are not worse
+    # than production's by more than these margins (absolute), else it is refused.
+    accuracy_margin: float = Field(0.01, ge=0.0, le=1.0)
+    quality_margin: float = Field(0.02, ge=0.0, le=1.0)
+    # Evidence must cover at least this many common events and be this recent.
+    min_evidence_events: int = Field(50, ge=1)
+    max_evidence_age_h: float = Field(7 * 24.0, gt=0)
+
+
+# Settings that lived in the worker's section before InferenceSettings existed: the old
+# variable names (BINAUDIT_WORKER__MODEL_PATH, ...) keep working for one release, with a
+# warning naming the new one. Old name -> new name in the inference section.
+MOVED_TO_INFERENCE = {
+    "model_path": "model", "device": "device", "backend": "backend",
+    "max_batch_size": "max_batch_size", "max_wait_ms": "max_wait_ms",
+    "tune_backends": "tune_backends", "tune_batch_sizes": "tune_batch_sizes",
+    "tune_seconds": "tune_seconds", "inference_cache_dir": "inference_cache_dir",
+    "decode_workers": "decode_workers", "match_min_p": "match_min_p",
+    "mismatch_min_score": "mismatch_min_score", "max_image_bytes": "max_image_bytes",
+    "max_image_pixels": "max_image_pixels", "artificial_delay_s": "artificial_delay_s",
+    "model_fault_flag": "model_fault_flag", "oom_above_batch": "oom_above_batch",
+}
+
+
+class SettingsDeprecationWarning(FutureWarning):
+    """An old setting name was used (shown by default, unlike DeprecationWarning)."""
+
+
+def _move_worker_settings(data: dict[str, Any]) -> dict[str, Any]:
+    worker = data.get("worker")
+    if not isinstance(worker, dict):
+        return data
+    worker = dict(worker)
+    inference = dict(data.get("inference") or {})
+    for old, new in MOVED_TO_INFERENCE.items():
+        if old not in worker:
+            continue
+        value = worker.pop(old)
+        warnings.warn(
+            f"BINAUDIT_WORKER__{old.upper()} is deprecated and will be removed in the next "
+            f"release: use BINAUDIT_INFERENCE__{new.upper()}", SettingsDeprecationWarning,
+            stacklevel=2)
+        inference.setdefault(new, value)  # the new name wins when both are set
+    return {**data, "worker": worker, "inference": inference}
+
+
+class WorkerSettings(BaseModel):
+    """The Kafka consumer front end (the model and its decisions: InferenceSettings)."""
+
+    model_config = _FROZEN
+
+    # Bounded queues: events fetched/decoded but not yet written. Full => pause partitions.
+    max_in_flight: int = Field(256, ge=1)
+    poll_max_records: int = 64
+    metrics_port: int | None = 9108
+    shutdown_deadline_s: float = 30.0
+    retry_backoff_initial_s: float = 0.5
+    retry_backoff_max_s: float = 10.0
     # /healthz turns 503 when the consume loop has not turned, or (with lag) no commit has
     # succeeded, for this long.
     health_stall_s: float = Field(60.0, gt=0)
@@ -208,8 +299,8 @@ class WorkerSettings(BaseModel):
 
 
 class ServeSettings(BaseModel):
-    """``binaudit serve``: the SageMaker-compatible HTTP endpoint (model path, device, image
-    limits and the decision-threshold overrides come from ``worker``, so both front ends agree)."""
+    """``binaudit serve``: the SageMaker-compatible HTTP endpoint (the model, device, image
+    limits and decision thresholds come from ``inference``, so every front end agrees)."""
 
     model_config = _FROZEN
 
@@ -227,7 +318,7 @@ class ServeSettings(BaseModel):
     # Requests admitted and not yet answered; one more gets 503 + Retry-After.
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    # None: the autotuned batch size (see worker.max_batch_size); a number pins it.
+    # None: the autotuned batch size (see inference.max_batch_size); a number pins it.
     max_batch_size: int | None = Field(None, ge=1, le=1024)
     # Shorter than the worker's: a caller is waiting on each request.
     max_wait_ms: int = Field(10, ge=1)
@@ -346,10 +437,17 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     abid: AbidSourceSettings = AbidSourceSettings()
     db: DatabaseSettings = DatabaseSettings()
+    inference: InferenceSettings = InferenceSettings()
+    registry: RegistrySettings = RegistrySettings()
     worker: WorkerSettings = WorkerSettings()
     serve: ServeSettings = ServeSettings()
     console: ConsoleSettings = ConsoleSettings()
     services: ServicesSettings = ServicesSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, data: Any) -> Any:
+        return _move_worker_settings(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _console_fits_environment(self) -> Settings:

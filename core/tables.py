@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -36,6 +37,8 @@ model_versions = Table(
     Column("card", JSONB, nullable=False),
     Column("metrics", JSONB, nullable=True),
     Column("registered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The artifact's checksum (migration 0009), verified after every download.
+    Column("sha256", Text, nullable=True),
 )
 
 audit_results = Table(
@@ -244,3 +247,71 @@ discrepancy_reviews = Table(
 )
 Index("ix_discrepancy_reviews_discrepancy", discrepancy_reviews.c.discrepancy_id,
       discrepancy_reviews.c.id)
+
+# ---- model lifecycle (migration 0009) ----------------------------------------------------------
+MODEL_STAGES = ("candidate", "shadow", "production", "archived")
+_STAGES_SQL = ", ".join(f"'{s}'" for s in MODEL_STAGES)
+
+# A version's stage in one named deployment (default: one per topic); a change notifies
+# channel binaudit_model_stages (trigger), so running processes switch without restart.
+model_stages = Table(
+    "model_stages",
+    metadata,
+    Column("deployment", Text, primary_key=True),
+    Column("version", Text, ForeignKey("model_versions.version"), primary_key=True),
+    Column("stage", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(f"stage IN ({_STAGES_SQL})", name="ck_model_stages_stage"),
+)
+Index("uq_model_stages_one_production", model_stages.c.deployment, unique=True,
+      postgresql_where=model_stages.c.stage == "production")
+Index("uq_model_stages_one_shadow", model_stages.c.deployment, unique=True,
+      postgresql_where=model_stages.c.stage == "shadow")
+
+# Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE).
+model_stage_history = Table(
+    "model_stage_history",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("deployment", Text, nullable=False),
+    Column("version", Text, ForeignKey("model_versions.version"), nullable=False),
+    Column("from_stage", Text, nullable=True),
+    Column("to_stage", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("db_user", Text, nullable=False, server_default=text("session_user")),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("reason", Text, nullable=False),
+    Column("evidence", JSONB, nullable=True),
+    Column("forced", Boolean, nullable=False, server_default="false"),
+    CheckConstraint(f"to_stage IN ({_STAGES_SQL})", name="ck_model_stage_history_to"),
+    CheckConstraint("length(reason) > 0", name="ck_model_stage_history_reason"),
+)
+Index("ix_model_stage_history_deployment", model_stage_history.c.deployment,
+      model_stage_history.c.id)
+
+# The shadow model's verdicts: never read by the auditors' queue.
+shadow_results = Table(
+    "shadow_results",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("deployment", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("production_version", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("bin_id", Text, nullable=False),
+    Column("expected_quantity", Integer, nullable=False),
+    Column("predicted_quantity", Integer, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("p_expected", Float, nullable=True),
+    Column("discrepancy_score", Float, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("event_id", "model_version", name="uq_shadow_results_event_model"),
+    CheckConstraint("status IN ('match','mismatch','uncertain','unsupported')",
+                    name="ck_shadow_results_status"),
+)
+Index("ix_shadow_results_deployment", shadow_results.c.deployment,
+      shadow_results.c.model_version, shadow_results.c.processed_at)

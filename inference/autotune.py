@@ -4,7 +4,7 @@
 artifact, picks the backend and batch size (pinned by settings, read from the tuning cache,
 or measured now), and returns a :class:`BinCounter` whose ``plan`` the micro-batcher follows.
 Results are cached per artifact (hash of model.pt + model.json) and device (model, threads,
-library versions, candidates) in ``worker.inference_cache_dir``, so a restart does not measure
+library versions, candidates) in ``inference.inference_cache_dir``, so a restart does not measure
 again. A backend that cannot run here is logged with its reason and skipped; eager PyTorch is
 always the last resort.
 """
@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import platform
+import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 
 from core.model.artifact import load_artifact
 from core.model.card import CARD_FILE, MODEL_FILE, ModelCard, read_card
-from core.settings import WorkerSettings
+from core.settings import InferenceSettings
 from inference.backends import Backend, BackendUnavailable, LoadContext, load_backend
 from inference.backends.registry import default_candidates
 from inference.batching import BatchPlan
@@ -41,13 +42,13 @@ from inference.parity import (
 
 log = logging.getLogger(__name__)
 
-# Within this share of the best rate, the smallest batch wins: same throughput, less latency.
-NEAR_BEST = 0.05
 # The deadline is one forward pass of the chosen batch, within these bounds (ms): waiting
 # longer than a forward buys no throughput (the next batch fills while this one runs).
 MIN_WAIT_MS, MAX_WAIT_MS = 5, 1000
 # Backends compiled for one static shape: measured with one build per batch size.
 STATIC_SHAPE = ("compiled",)
+# Interleaved passes over every configuration: each yields one throughput per configuration,
+# and their spread says how far apart two configurations must be to differ at all.
 ROUNDS = 3
 
 
@@ -56,8 +57,19 @@ class Measurement(BaseModel):
 
     backend: str
     batch_size: int
-    images_per_s: float
+    images_per_s: float  # the median of the rounds' throughputs
     seconds_per_batch: float
+    # The slowest and the fastest round (None in caches written before rounds were kept).
+    rate_min: float | None = None
+    rate_max: float | None = None
+
+    @property
+    def low(self) -> float:
+        return self.images_per_s if self.rate_min is None else self.rate_min
+
+    @property
+    def high(self) -> float:
+        return self.images_per_s if self.rate_max is None else self.rate_max
 
 
 class TuneResult(BaseModel):
@@ -127,31 +139,42 @@ def measure_interleaved(pairs: list[tuple[Backend, int]], input_size: int,
                        seconds: float) -> list[Measurement]:
     """Images/s of each (backend, batch size): one warm-up forward each, then ROUNDS passes
     over all of them, ``seconds / ROUNDS`` (at least one forward) per configuration and pass.
-    The fastest forward counts: on a shared machine other jobs only ever slow a run down, and
-    interleaving exposes every configuration to the same drift in load."""
+    Each pass gives every configuration one throughput (images over the window's forwards);
+    the median is its rate and min..max its spread. Interleaving exposes every configuration
+    to the same drift in load, so their spreads are comparable."""
     inputs = [torch.randn(bs, 3, input_size, input_size) for _, bs in pairs]
     for (backend, _), x in zip(pairs, inputs, strict=True):
         backend.logits(x)
-    best = [float("inf")] * len(pairs)
+    rates: list[list[float]] = [[] for _ in pairs]
     for _ in range(ROUNDS):
-        for i, ((backend, _), x) in enumerate(zip(pairs, inputs, strict=True)):
-            until, runs = time.perf_counter() + seconds / ROUNDS, 0
+        for i, ((backend, bs), x) in enumerate(zip(pairs, inputs, strict=True)):
+            started = time.perf_counter()
+            until, runs = started + seconds / ROUNDS, 0
             while runs < 1 or time.perf_counter() < until:
-                t0 = time.perf_counter()
                 out = backend.logits(x)
                 if out.is_cuda:
                     torch.cuda.synchronize(out.device)
-                best[i] = min(best[i], time.perf_counter() - t0)
                 runs += 1
-    return [Measurement(backend=backend.name, batch_size=bs, images_per_s=bs / t,
-                        seconds_per_batch=t) for (backend, bs), t in zip(pairs, best, strict=True)]
+            rates[i].append(bs * runs / (time.perf_counter() - started))
+    return [_measurement(backend.name, bs, r) for (backend, bs), r in zip(pairs, rates,
+                                                                          strict=True)]
+
+
+def _measurement(backend: str, batch_size: int, rates: list[float]) -> Measurement:
+    median = statistics.median(rates)
+    return Measurement(backend=backend, batch_size=batch_size, images_per_s=median,
+                       seconds_per_batch=batch_size / median, rate_min=min(rates),
+                       rate_max=max(rates))
 
 
 def choose(measurements: list[Measurement]) -> Measurement:
-    """The fastest configuration; among those within NEAR_BEST of it, the smallest batch."""
-    top = max(m.images_per_s for m in measurements)
-    near = [m for m in measurements if m.images_per_s >= top * (1 - NEAR_BEST)]
-    return min(near, key=lambda m: (m.batch_size, -m.images_per_s))
+    """The configuration with the best median, unless it does not beat the others beyond
+    their spread: every configuration whose fastest round reaches the best one's slowest is
+    as fast as far as the measurement can tell, and among those the one with the highest
+    slowest round wins (the most dependable), then the smaller batch (less latency)."""
+    best = max(measurements, key=lambda m: m.images_per_s)
+    tied = [m for m in measurements if m.high >= best.low]
+    return max(tied, key=lambda m: (m.low, -m.batch_size))
 
 
 def wait_ms_for(m: Measurement) -> int:
@@ -161,13 +184,13 @@ def wait_ms_for(m: Measurement) -> int:
 class Tuner:
     """Loads, checks and measures the candidate backends of one artifact on one device."""
 
-    def __init__(self, artifact: Path, worker: WorkerSettings) -> None:
+    def __init__(self, artifact: Path, inference: InferenceSettings) -> None:
         self.artifact = Path(artifact)
-        self.worker = worker
-        self.device = resolve_device(worker.device)
+        self.inference = inference
+        self.device = resolve_device(inference.device)
         self.card: ModelCard = read_card(self.artifact)
         self.fingerprint = artifact_fingerprint(self.artifact)
-        self.cache_dir = worker.inference_cache_dir / self.fingerprint[:16]
+        self.cache_dir = inference.inference_cache_dir / self.fingerprint[:16]
         self._parity: dict[str, float] = {}  # backend -> max |Δprob| vs eager at load
 
     @functools.cached_property
@@ -182,25 +205,25 @@ class Tuner:
 
     @property
     def pinned(self) -> bool:
-        return self.worker.backend != "auto"
+        return self.inference.backend != "auto"
 
     def candidates(self) -> tuple[str, ...]:
         """What to try, in order; eager PyTorch always comes last as the fallback."""
         if self.pinned:
-            names: tuple[str, ...] = (self.worker.backend,)
+            names: tuple[str, ...] = (self.inference.backend,)
         else:
-            names = self.worker.tune_backends or default_candidates(self.device)
+            names = self.inference.tune_backends or default_candidates(self.device)
         names = tuple(n for n in names if n not in ("auto", "eager"))
         return (*names, "eager")
 
     def batch_sizes(self) -> tuple[int, ...]:
-        if self.worker.max_batch_size is not None:
-            return (self.worker.max_batch_size,)
-        return tuple(sorted(set(self.worker.tune_batch_sizes)))
+        if self.inference.max_batch_size is not None:
+            return (self.inference.max_batch_size,)
+        return tuple(sorted(set(self.inference.tune_batch_sizes)))
 
     def cache_file(self) -> Path:
         key = json.dumps([device_description(self.device), self.candidates(),
-                          self.batch_sizes(), self.worker.tune_seconds])
+                          self.batch_sizes(), self.inference.tune_seconds])
         return self.cache_dir / f"tune-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
     def load(self, name: str, max_batch_size: int) -> Backend:
@@ -239,7 +262,7 @@ class Tuner:
         if not pairs:
             raise BackendUnavailable(f"no backend could run: {skipped}")
         measurements = measure_interleaved(pairs, self.card.input_size,
-                                           self.worker.tune_seconds)
+                                           self.inference.tune_seconds)
         for m in measurements:
             log.info("autotune: %s at batch %d: %.1f images/s", m.backend, m.batch_size,
                      m.images_per_s)
@@ -298,11 +321,11 @@ def log_result(result: TuneResult, *, cached: bool) -> None:
         log.info("inference: backend %s not used: %s", name, reason)
 
 
-def tune_artifact(artifact: Path, worker: WorkerSettings, *, force: bool = False
+def tune_artifact(artifact: Path, inference: InferenceSettings, *, force: bool = False
                   ) -> tuple[TuneResult, Backend, ModelCard, bool]:
     """The cached result for this artifact and device, else a fresh one (written to the
     cache). Returns (result, loaded backend, card, from_cache)."""
-    tuner = Tuner(artifact, worker)
+    tuner = Tuner(artifact, inference)
     path = tuner.cache_file()
     cached = None if force else read_cached(path)
     if cached is not None:
@@ -316,14 +339,14 @@ def tune_artifact(artifact: Path, worker: WorkerSettings, *, force: bool = False
     return result, backend, tuner.card, False
 
 
-def open_counter(worker: WorkerSettings, model_path: Path | None = None) -> BinCounter:
+def open_counter(inference: InferenceSettings, model_path: Path | None = None) -> BinCounter:
     """The front ends' one call: the artifact on its best backend, with the batch plan."""
-    artifact = Path(model_path or worker.model_path)
-    pinned = worker.backend != "auto" and worker.max_batch_size is not None
-    if pinned and worker.backend == "eager":  # the reference path: nothing to choose
-        counter = BinCounter.from_artifact(artifact, worker.device)
-        counter.plan = BatchPlan(worker.max_batch_size or 16, worker.max_wait_ms or 50)
+    artifact = Path(model_path or inference.model_path)
+    pinned = inference.backend != "auto" and inference.max_batch_size is not None
+    if pinned and inference.backend == "eager":  # the reference path: nothing to choose
+        counter = BinCounter.from_artifact(artifact, inference.device)
+        counter.plan = BatchPlan(inference.max_batch_size or 16, inference.max_wait_ms or 50)
         return counter
-    result, backend, card, cached = tune_artifact(artifact, worker)
+    result, backend, card, cached = tune_artifact(artifact, inference)
     log_result(result, cached=cached)
     return BinCounter(backend, card, plan=result.plan, tuning=result)

@@ -16,7 +16,7 @@ import numpy as np
 from core.model.calibration import calibrated_probabilities, reaches
 from core.model.card import DecisionPolicy, ModelCard
 from core.scoring import decode_counts
-from core.settings import WorkerSettings
+from core.settings import InferenceSettings
 from schemas.records import VerdictStatus
 
 
@@ -79,10 +79,10 @@ def effective_policy(card: ModelCard, *, match_min_p: float | None = None,
                                          | {"measured": {}, "chosen_on": "settings override"})
 
 
-def policy_for(card: ModelCard, cfg: WorkerSettings) -> DecisionPolicy:
+def policy_for(card: ModelCard, inference: InferenceSettings) -> DecisionPolicy:
     """The policy a front end runs: the card's, with the settings' overrides."""
-    return effective_policy(card, match_min_p=cfg.match_min_p,
-                            mismatch_min_score=cfg.mismatch_min_score)
+    return effective_policy(card, match_min_p=inference.match_min_p,
+                            mismatch_min_score=inference.mismatch_min_score)
 
 
 def decide(prediction: Prediction, *, expected: int, supported_counts: Sequence[int],

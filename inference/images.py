@@ -69,10 +69,11 @@ class FetchPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
         """The one policy every front end fetches with (allow-list, size limit, backoff)."""
-        w, s3 = settings.worker, settings.s3
+        inference, s3 = settings.inference, settings.s3
         return cls(allowed_buckets=frozenset(s3.allowed_buckets),
-                   max_bytes=w.max_image_bytes, backoff_initial_s=w.retry_backoff_initial_s,
-                   backoff_max_s=w.retry_backoff_max_s, fetch_attempts=s3.fetch_attempts,
+                   max_bytes=settings.inference.max_image_bytes,
+                   backoff_initial_s=inference.retry_backoff_initial_s,
+                   backoff_max_s=inference.retry_backoff_max_s, fetch_attempts=s3.fetch_attempts,
                    object_denied_attempts=s3.object_denied_attempts,
                    outage_min_keys=s3.outage_min_keys, bucket_window_s=s3.bucket_window_s,
                    object_failure_min_s=s3.object_failure_min_s)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from core.model.card import DecisionPolicy
 from inference.compare import Prediction, decide
+from inference.shadow import ShadowBatch
 from schemas.events import BinEvent
 from schemas.records import (
     MAX_DEAD_LETTER_PAYLOAD,
@@ -40,6 +43,52 @@ def verdict_records(*, event: BinEvent, topic: str, partition: int, offset: int,
         confidence=prediction.confidence, p_expected=judged.p_expected,
         discrepancy_score=judged.discrepancy_score,
     )
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """One ``shadow_results`` row: what the shadow would have said about an event."""
+
+    deployment: str
+    event_id: str
+    model_version: str
+    production_version: str
+    topic: str
+    partition: int
+    offset: int
+    bin_id: str
+    expected_quantity: int
+    predicted_quantity: int
+    confidence: float
+    p_expected: float | None
+    discrepancy_score: float | None
+    status: str
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shadow_records(batch: ShadowBatch, *, deployment: str,
+                   policy: DecisionPolicy) -> list[ShadowVerdict]:
+    """The shadow's verdicts for the events of one batch, judged with the shadow's own
+    policy (``policy``) and classes; nothing when its forward pass failed."""
+    if batch.predictions is None:
+        return []
+    out = []
+    for item, prediction in zip(batch.items, batch.predictions, strict=True):
+        event, pos = item.event, item.position
+        if event is None or pos is None:
+            continue  # image bytes without an event (HTTP): nothing to record
+        judged = decide(prediction, expected=event.expected_quantity,
+                        supported_counts=batch.card.class_counts, policy=policy)
+        out.append(ShadowVerdict(
+            deployment=deployment, event_id=event.event_id, model_version=batch.model_version,
+            production_version=batch.production_version, topic=pos.topic,
+            partition=pos.partition, offset=pos.offset, bin_id=event.bin_id,
+            expected_quantity=event.expected_quantity, predicted_quantity=prediction.count,
+            confidence=prediction.confidence, p_expected=judged.p_expected,
+            discrepancy_score=judged.discrepancy_score, status=judged.status.value))
+    return out
 
 
 def dead_letter_record(*, topic: str, partition: int, offset: int, key: bytes | None,

@@ -6,6 +6,11 @@ Stages overlap: the pool decodes batch n+1 while the model runs batch n. Each su
 ends as exactly one ``Outcome`` passed to ``on_outcome`` (a prediction or an error), from a
 pipeline thread; callers hand outcomes to their own thread through a queue or a future.
 
+A model switch (``swap``) happens between batches: new submissions wait while the batches in
+flight finish with the old model, then counter, preprocessing and shadow change together, and
+every Outcome names the model version that produced it. With a shadow model, each batch
+production ran is also offered to it (``inference/shadow.py``), never waited for.
+
 A batch whose forward pass runs out of memory is split in halves, down to single images, and
 later forward passes are kept to the size that fitted. An image that still fails alone while
 others succeed is that event's ``internal_error`` dead letter; a model that fails on every
@@ -22,12 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from core.model.preprocess import Preprocessor
-from core.settings import WorkerSettings
+from core.settings import InferenceSettings
 from inference.batching import BatchPlan, MicroBatcher
 from inference.compare import Prediction
 from inference.counter import BinCounter
@@ -36,8 +41,12 @@ from inference.images import FetcherStopped, ImageFetcher
 from inference.metrics import PipelineMetrics
 from inference.positions import Position
 from inference.retries import Backoff, is_out_of_memory
+from inference.shadow import ShadowBatch, ShadowRunner
 from schemas.events import BinEvent
 from schemas.records import ErrorKind, EventError
+
+if TYPE_CHECKING:
+    from inference.switcher import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +81,8 @@ class Outcome:
     # Not the event's fault (model failure, stopping): the caller retries or leaves it
     # uncommitted; never a dead letter on the first try.
     retryable: bool = False
+    # The version of the model that produced ``prediction`` (None: no forward pass).
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,29 +94,34 @@ class PipelineConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     model_fault_flag: Path | None = None
-    oom_above_batch: int | None = None  # test hook (WorkerSettings.oom_above_batch)
+    oom_above_batch: int | None = None  # test hook (InferenceSettings.oom_above_batch)
 
     @classmethod
-    def from_settings(cls, worker: WorkerSettings, *, max_batch_size: int | None = None,
+    def from_settings(cls, inference: InferenceSettings, *, max_batch_size: int | None = None,
                       max_wait_ms: int | None = None, plan: BatchPlan | None = None
                       ) -> PipelineConfig:
-        """Batch limits: the arguments (serve's own), else pinned worker settings, else the
+        """Batch limits: the arguments (serve's own), else pinned inference settings, else the
         autotuned ``plan``, else batch 16 / 50 ms (the defaults from before autotuning)."""
-        size = max_batch_size or worker.max_batch_size or (plan and plan.max_batch_size) or 16
-        wait = max_wait_ms or worker.max_wait_ms or (plan and plan.max_wait_ms) or 50
+        size = (max_batch_size or inference.max_batch_size or (plan and plan.max_batch_size)
+                or 16)
+        wait = max_wait_ms or inference.max_wait_ms or (plan and plan.max_wait_ms) or 50
         return cls(max_batch_size=size, max_wait_s=wait / 1000,
-                   decode_workers=worker.decode_workers,
-                   artificial_delay_s=worker.artificial_delay_s,
-                   backoff_initial_s=worker.retry_backoff_initial_s,
-                   backoff_max_s=worker.retry_backoff_max_s,
-                   model_fault_flag=worker.model_fault_flag,
-                   oom_above_batch=worker.oom_above_batch)
+                   decode_workers=inference.decode_workers,
+                   artificial_delay_s=inference.artificial_delay_s,
+                   backoff_initial_s=inference.retry_backoff_initial_s,
+                   backoff_max_s=inference.retry_backoff_max_s,
+                   model_fault_flag=inference.model_fault_flag,
+                   oom_above_batch=inference.oom_above_batch)
 
 
 class InferencePipeline:
+    """``on_shadow`` receives the shadow's answers (from its thread) when ``shadow`` is set."""
+
     def __init__(self, counter: BinCounter, preprocessor: Preprocessor, config: PipelineConfig,
                  on_outcome: Callable[[Outcome], None], *, fetcher: ImageFetcher | None = None,
-                 metrics: PipelineMetrics | None = None) -> None:
+                 metrics: PipelineMetrics | None = None, shadow: BinCounter | None = None,
+                 on_shadow: Callable[[ShadowBatch], None] | None = None,
+                 shadow_queue_batches: int = 8) -> None:
         # One board for every stage: the fetcher reports S3, the model stage reports itself.
         self.faults = fetcher.faults if fetcher is not None else FaultBoard()
         self.counter = counter
@@ -121,7 +137,12 @@ class InferencePipeline:
         self._cond = threading.Condition()
         self._in_flight = 0
         self._flushing = 0
+        self._holding = 0  # swaps under way: submissions wait
         self._stopping = False
+        self._on_shadow = on_shadow
+        self._shadow_queue_batches = shadow_queue_batches
+        self._shadow_counter = shadow
+        self._shadow: ShadowRunner | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         # Largest forward pass since an out-of-memory error (None: the whole batch); the
@@ -135,6 +156,7 @@ class InferencePipeline:
                                                            thread_name_prefix="decode")
         self._thread = threading.Thread(target=self._batch_loop, name="infer", daemon=True)
         self._thread.start()
+        self._shadow = self._start_shadow(self._shadow_counter)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -145,6 +167,8 @@ class InferencePipeline:
             self._thread.join(timeout=60)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._shadow is not None:
+            self._shadow.close(timeout=0.0)  # the caller drained it (drain_shadow) if it cared
 
     @property
     def in_flight(self) -> int:
@@ -153,8 +177,11 @@ class InferencePipeline:
 
     # ---- submission -------------------------------------------------------------------
     def submit(self, item: WorkItem) -> None:
-        """Start an item; its Outcome arrives later through ``on_outcome``."""
+        """Start an item; its Outcome arrives later through ``on_outcome`` (a swap under way
+        holds it until the new model runs)."""
         with self._cond:
+            while self._holding and not self._stopping:
+                self._cond.wait(timeout=0.5)
             self._in_flight += 1
         if item.image is not None:
             self._decode_async(item, item.image)
@@ -182,6 +209,46 @@ class InferencePipeline:
                 return True
             finally:
                 self._flushing -= 1
+
+    def drain_shadow(self, timeout: float | None = None) -> bool:
+        """Wait until the shadow has run every batch it queued (True at once without one)."""
+        shadow = self._shadow
+        return shadow is None or shadow.drain(timeout)
+
+    # ---- switching models -------------------------------------------------------------
+    def swap(self, models: ModelSet, *, timeout: float | None = None) -> bool:
+        """Run ``models`` from now on: new submissions wait while everything in flight
+        finishes with the old model, then counter, preprocessing (the new card's) and shadow
+        switch together. False, with nothing changed, when the work in flight did not finish
+        within ``timeout``. Call it from the thread that owns the pipeline."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._holding += 1
+        try:
+            if not self.drain(timeout):
+                return False
+            old_shadow = self._shadow
+            if old_shadow is not None:  # its last answers still belong to the old set
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                old_shadow.close(timeout=left)
+            with self._cond:
+                self.counter = models.production
+                self.preprocess = Preprocessor(models.production.card, self.preprocess.limits)
+                self._forward_cap, self._capped_passes = None, 0  # another model's memory
+                self._shadow = self._start_shadow(models.shadow)
+            self.metrics.observe_backend(models.production.backend_name,
+                                         self.config.max_batch_size, models.production.tuning)
+            return True
+        finally:
+            with self._cond:
+                self._holding -= 1
+                self._cond.notify_all()
+
+    def _start_shadow(self, counter: BinCounter | None) -> ShadowRunner | None:
+        if counter is None or self._on_shadow is None:
+            return None
+        return ShadowRunner(counter, queue_batches=self._shadow_queue_batches,
+                            on_result=self._on_shadow, metrics=self.metrics).start()
 
     # ---- stages -----------------------------------------------------------------------
     def _fetched(self, item: WorkItem, future: concurrent.futures.Future[bytes],
@@ -248,11 +315,12 @@ class InferencePipeline:
 
     def _run_batch(self, batch: list[tuple[WorkItem, torch.Tensor]]) -> None:
         items = [item for item, _ in batch]
-        tensors = [t for _, t in batch]
+        stacked = torch.stack([t for _, t in batch])
+        counter = self.counter  # a swap waits for this batch: it stays this batch's model
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.perf_counter()
-            results = self._forward(tensors)
+            results = self._forward(counter, stacked)
             if any(isinstance(r, Prediction) for r in results):
                 break
             # Every image failed: the model's failure (broken artifact, no memory at all),
@@ -272,15 +340,18 @@ class InferencePipeline:
         if self.config.artificial_delay_s:
             time.sleep(self.config.artificial_delay_s)
         self.metrics.observe_batch(len(items), time.perf_counter() - started)
+        if self._shadow is not None:  # the same decoded batch; skipped when the shadow lags
+            self._shadow.offer(items, stacked, production_version=counter.version)
         for item, result in zip(items, results, strict=True):
-            self._finish(_outcome(item, result))
+            self._finish(_outcome(item, result, counter.version))
 
-    def _forward(self, tensors: list[torch.Tensor]) -> list[Result]:
+    def _forward(self, counter: BinCounter, batch: torch.Tensor) -> list[Result]:
         """One result per image: the batch in passes of at most the current cap."""
-        cap = self._forward_cap or len(tensors)
+        size = int(batch.shape[0])
+        cap = self._forward_cap or size
         results: list[Result] = []
-        for i in range(0, len(tensors), cap):
-            results.extend(self._forward_split(tensors[i:i + cap], splitting=False))
+        for i in range(0, size, cap):
+            results.extend(self._forward_split(counter, batch[i:i + cap], splitting=False))
         if self._forward_cap is not None and cap == self._forward_cap:
             self._capped_passes += 1
             if self._capped_passes >= REGROW_AFTER:
@@ -290,19 +361,21 @@ class InferencePipeline:
                          grown or self.config.max_batch_size)
         return results
 
-    def _forward_split(self, tensors: list[torch.Tensor], *, splitting: bool) -> list[Result]:
-        """Run ``tensors``; out of memory (or any failure once splitting) splits them in
-        halves, down to single images, so that only an image failing alone fails."""
+    def _forward_split(self, counter: BinCounter, batch: torch.Tensor, *,
+                       splitting: bool) -> list[Result]:
+        """Run ``batch``; out of memory (or any failure once splitting) splits it in halves,
+        down to single images, so that only an image failing alone fails."""
+        size = int(batch.shape[0])
         try:
-            return list(self._infer(torch.stack(tensors)))
+            return list(self._infer(counter, batch))
         except Exception as exc:  # the model's failure; which images it concerns is below
-            if len(tensors) == 1 or not (splitting or is_out_of_memory(exc)):
-                return [exc] * len(tensors)
+            if size == 1 or not (splitting or is_out_of_memory(exc)):
+                return [exc] * size
             if is_out_of_memory(exc):
-                self._shrink_after_oom(len(tensors), exc)
-            half = len(tensors) // 2
-            return (self._forward_split(tensors[:half], splitting=True)
-                    + self._forward_split(tensors[half:], splitting=True))
+                self._shrink_after_oom(size, exc)
+            half = size // 2
+            return (self._forward_split(counter, batch[:half], splitting=True)
+                    + self._forward_split(counter, batch[half:], splitting=True))
 
     def _shrink_after_oom(self, size: int, exc: Exception) -> None:
         if torch.cuda.is_available():
@@ -313,7 +386,7 @@ class InferencePipeline:
                         "passes of at most %d from now on", size, exc, cap)
             self._forward_cap, self._capped_passes = cap, 0
 
-    def _infer(self, batch: torch.Tensor) -> list[Prediction]:
+    def _infer(self, counter: BinCounter, batch: torch.Tensor) -> list[Prediction]:
         flag = self.config.model_fault_flag
         if flag is not None and flag.exists():
             raise RuntimeError(f"injected model fault ({flag} exists)")
@@ -322,7 +395,7 @@ class InferencePipeline:
             raise torch.cuda.OutOfMemoryError(
                 f"injected out of memory: a batch of {batch.shape[0]} > {limit} "
                 "(test hook oom_above_batch)")
-        return self.counter.infer(batch)
+        return counter.infer(batch)
 
     def _wait_unless_stopping(self, seconds: float) -> bool:
         """Sleep ``seconds`` (the backoff); True at once if the pipeline is stopping."""
@@ -341,9 +414,9 @@ class InferencePipeline:
             self._cond.notify_all()
 
 
-def _outcome(item: WorkItem, result: Result) -> Outcome:
+def _outcome(item: WorkItem, result: Result, version: str) -> Outcome:
     if isinstance(result, Prediction):
-        return Outcome(item, prediction=result)
+        return Outcome(item, prediction=result, model_version=version)
     # The model fails on this image alone while others succeed: the image's problem; a dead
     # letter rather than a partition blocked for ever.
     log.error("%s: the model fails on this image alone: %r", item.describe(), result)

@@ -186,6 +186,10 @@ class ReplayOptions:
     run_id: str | None = None
     progress: bool = True
     write_every: int = 64
+    # Records taken per poll, and events fetched or decoded but not yet written (a bound on
+    # memory): replay's own, like the worker's settings of the same names.
+    poll_max_records: int = 64
+    max_in_flight: int = 256
     # This process's share of the partitions (default: all of them).
     selection: PartitionSelection = PartitionSelection()
 
@@ -224,9 +228,9 @@ class Replay:
 
     def run(self) -> ReplaySummary:
         started = time.monotonic()
-        cfg = self.settings.worker
+        inference = self.settings.inference
         options = self.options
-        counter = self._counter or open_counter(cfg, options.model_path)
+        counter = self._counter or open_counter(inference, options.model_path)
         with ExitStack() as stack:
             engine = stack.enter_context(open_engine(self.settings.db, pool_pre_ping=True))
             source = stack.enter_context(ReplaySource(self.settings.kafka, options.topic))
@@ -254,8 +258,8 @@ class Replay:
             try:
                 fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
                 pipeline = stack.enter_context(InferencePipeline(
-                    counter, Preprocessor(counter.card, ImageLimits.from_settings(cfg)),
-                    PipelineConfig.from_settings(cfg, plan=counter.plan),
+                    counter, Preprocessor(counter.card, ImageLimits.from_settings(inference)),
+                    PipelineConfig.from_settings(inference, plan=counter.plan),
                     self._outcomes.put, fetcher=fetcher))
                 self._consume(source, pipeline, engine, counter.card, todo, summary)
                 finish_partitions(engine, run_id=run_id, partitions=list(todo))
@@ -273,8 +277,8 @@ class Replay:
 
     def _consume(self, source: ReplaySource, pipeline: InferencePipeline, engine: Engine,
                  card: ModelCard, bounds: Bounds, summary: ReplaySummary) -> None:
-        cfg = self.settings.worker
-        policy = policy_for(card, cfg)
+        cfg = self.options
+        policy = policy_for(card, self.settings.inference)
         window = self.options.window
         rows: list[dict[str, Any]] = []
         checkpoint = PartitionProgress()  # written with the rows, so a restart resumes

@@ -65,9 +65,9 @@ def replay_command(
         return
     if model is None:
         fail("missing option --model (or a subcommand: replay report RUN)")
-    settings = with_overrides(settings_of(ctx), worker={"device": device,
-                                                        "max_batch_size": max_batch_size})
-    check_device(settings.worker.device)
+    settings = with_overrides(settings_of(ctx), inference={"device": device,
+                                                           "max_batch_size": max_batch_size})
+    check_device(settings.inference.device)
     try:
         window = WindowRequest.from_cli(from_=from_, to=to, from_offset=from_offset,
                                         to_offset=to_offset)

@@ -36,10 +36,10 @@ say "services (Kafka KRaft, PostgreSQL 15, S3) and migrations"
 # The product's S3 defaults are AWS's (credential chain, no endpoint): point it at local moto.
 eval "$("$BIN/binaudit" services env)"
 
-# The model: BINAUDIT_WORKER__MODEL_PATH, else the counter shipped in models/counter (trained
+# The model: BINAUDIT_INFERENCE__MODEL, else the counter shipped in models/counter (trained
 # on the extra ABID set, never on these sample bins), else the newest artifact trained here,
 # else a quickstart fine-tune on the sample itself.
-MODEL="${BINAUDIT_WORKER__MODEL_PATH:-}"
+MODEL="${BINAUDIT_INFERENCE__MODEL:-}"
 if [ -z "$MODEL" ] && [ -f models/counter/model.json ]; then
     MODEL=models/counter
 fi

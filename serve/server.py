@@ -4,7 +4,7 @@ SageMaker's inference-container contract (bring your own container): the image i
 ``serve``, answers ``GET /ping`` (200 = healthy) and ``POST /invocations`` on port 8080 (also
 ``POST /endpoints/<name>/invocations``, the path SageMaker runtime's ``InvokeEndpoint`` posts
 to, so boto3's ``sagemaker-runtime`` client works unchanged with ``endpoint_url``), with
-the model unpacked under /opt/ml/model (the Dockerfile points ``BINAUDIT_WORKER__MODEL_PATH``
+the model unpacked under /opt/ml/model (the Dockerfile points ``BINAUDIT_INFERENCE__MODEL``
 there). The request/response contract is in ``serve/app.py``.
 
 One process, one model, one async front end: every request becomes a ``WorkItem`` of the same
@@ -13,9 +13,22 @@ concurrent requests share forward passes. There is no ``--workers``: scale out b
 containers behind the endpoint (SageMaker instance count, or replicas behind a load balancer).
 
 Start-up: the HTTP listener comes up first and ``/ping`` answers 503 while the model loads and
-warms up in a background thread; 200 after. SIGTERM/SIGINT: ``/ping`` turns 503, the listener
-closes, requests in flight are answered (within ``serve.shutdown_grace_s``), the pipeline
-drains, and the process exits 0.
+warms up in a background thread; 200 after. The model is chosen like the worker's
+(``serve/models.py``): the registry's production version of the deployment
+``inference.deployment_for(kafka.topic)``, or the configured artifact when pinned.
+
+Hot swap (``inference.follow_registry``): a promotion or rollback is noticed (LISTEN/NOTIFY,
+polled as a fallback), the new version is loaded, verified and warmed up in the background,
+then the pipeline switches (``InferencePipeline.swap``): requests in flight finish on the old
+model, new ones wait the moment it takes, ``/ping`` stays 200 throughout, and every answer's
+``model_version`` names the model that produced it. A version that fails to load leaves the
+old one serving and counts ``binaudit_model_swap_failures_total`` (the alert).
+
+serve never runs the deployment's shadow model: shadow traffic is the worker's job (its
+verdicts are kept per Kafka event); callers get production's answer at production's latency.
+
+SIGTERM/SIGINT: ``/ping`` turns 503, the listener closes, requests in flight are answered
+(within ``serve.shutdown_grace_s``), the pipeline drains, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -33,8 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import Settings
-from inference.autotune import open_counter
-from inference.compare import Prediction, decide, policy_for
+from inference.compare import decide
 from inference.counter import BinCounter
 from inference.images import S3, ImageFetcher
 from inference.pipeline import MODEL, InferencePipeline, Outcome, PipelineConfig, WorkItem
@@ -52,6 +64,16 @@ from serve.app import (
     parse_event_request,
     prediction_body,
 )
+from serve.follow import RegistryFollower
+from serve.models import ServeModels
+from serve.responses import (
+    error_response,
+    from_aiohttp,
+    prediction_or_raise,
+    send_and_close,
+    settle,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +83,11 @@ _QUIET_ROUTES = frozenset({"/ping", "/metrics"})
 
 
 class ModelServer:
-    """The aiohttp application around one BinCounter and one InferencePipeline.
+    """The aiohttp application around one InferencePipeline and the model set it runs.
 
-    ``load_counter`` is how the model is obtained (default: the artifact at
-    ``settings.worker.model_path`` on ``settings.worker.device``); it runs in a thread after
-    the listener is up.
+    The models come from ``serve/models.py`` (the registry, or the configured artifact);
+    ``load_counter`` is a test hook that pins a counter instead. Loading runs in a thread
+    after the listener is up.
     """
 
     def __init__(self, settings: Settings, *, load_counter: Callable[[], BinCounter] | None = None,
@@ -73,16 +95,21 @@ class ModelServer:
         self.settings = settings
         self.cfg = settings.serve
         self.metrics = ServeMetrics(registry or CollectorRegistry())
-        self._load_counter = load_counter or self._counter_from_settings
+        self.models = ServeModels(settings, self.metrics, load_counter=load_counter,
+                                  stopping=lambda: self._stopping)
         self._stack = ExitStack()
-        self._counter: BinCounter | None = None
         self._pipeline: InferencePipeline | None = None
         self._ready = False
         self._stopping = False
         self._in_flight = 0
+        # Cleared while the pipeline switches models: requests wait here, not in a submit()
+        # that would block the event loop (and /ping) for the switch.
+        self._open = asyncio.Event()
+        self._open.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self.loading: asyncio.Task[None] | None = None
+        self.following: asyncio.Task[None] | None = None
         self.app = self._build_app()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -136,32 +163,34 @@ class ModelServer:
         try:
             await asyncio.to_thread(self._load_blocking)
         except Exception:
+            if self._stopping:  # SIGTERM while waiting for Postgres: nothing to report
+                log.info("stopped before the model was loaded")
+                return
             log.exception("model failed to load: /ping stays 503")
             raise
         if self._stopping:  # SIGTERM arrived while loading: never turn healthy
             return
         self._ready = True
         self.metrics.ready.set(1)
-        assert self._counter is not None
-        log.info("model %s ready after %.2fs", self._counter.version,
+        log.info("model %s ready after %.2fs", self.models.running.production.version,
                  time.perf_counter() - started)
+        if self.models.follows_registry:
+            assert self._pipeline is not None
+            follower = RegistryFollower(self.models, self._pipeline, self._open,
+                                        stopping=lambda: self._stopping)
+            self.following = asyncio.create_task(follower.run(), name="follow-registry")
 
     def _load_blocking(self) -> None:
-        counter = self._load_counter()
-        warm = counter.warm_up()
-        log.info("model %s warmed up in %.2fs", counter.version, warm)
-        w = self.settings.worker
-        pre = Preprocessor(counter.card, ImageLimits.from_settings(w))
+        self._stack.callback(self.models.close)  # stops the watcher, if one starts
+        counter = self.models.start().production
+        inference = self.settings.inference
+        pre = Preprocessor(counter.card, ImageLimits.from_settings(inference))
         fetcher = self._stack.enter_context(ImageFetcher.from_settings(self.settings))
-        config = PipelineConfig.from_settings(w, max_batch_size=self.cfg.max_batch_size,
-                                              max_wait_ms=self.cfg.max_wait_ms,
-                                              plan=counter.plan)
+        config = PipelineConfig.from_settings(
+            inference, max_batch_size=self.cfg.max_batch_size,
+            max_wait_ms=self.cfg.max_wait_ms, plan=counter.plan)
         self._pipeline = self._stack.enter_context(InferencePipeline(
             counter, pre, config, self._on_outcome, fetcher=fetcher, metrics=self.metrics))
-        self._counter = counter
-
-    def _counter_from_settings(self) -> BinCounter:
-        return open_counter(self.settings.worker)  # backend + batch plan (autotuned)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         # The listener is closed already; handlers in flight still get their answers.
@@ -171,8 +200,10 @@ class ModelServer:
         self.metrics.ready.set(0)
 
     async def _on_cleanup(self, _app: web.Application) -> None:
-        if self.loading is not None and not self.loading.done():
-            await asyncio.wait([self.loading])  # a thread cannot be cancelled: let it finish
+        # A thread cannot be cancelled: let a load or a switch under way finish.
+        pending = [t for t in (self.loading, self.following) if t is not None and not t.done()]
+        if pending:
+            await asyncio.wait(pending)
         await asyncio.to_thread(self._close_blocking)
         log.info("server stopped")
 
@@ -188,21 +219,28 @@ class ModelServer:
         future = outcome.item.context
         assert self._loop is not None and isinstance(future, asyncio.Future)
         try:
-            self._loop.call_soon_threadsafe(_settle, future, outcome)
+            self._loop.call_soon_threadsafe(settle, future, outcome)
         except RuntimeError:  # the loop is closed: nobody waits for this answer any more
             log.debug("outcome after the event loop closed: dropped")
 
     async def _run(self, item: WorkItem) -> Outcome:
+        try:
+            return await asyncio.wait_for(self._submit(item), self.cfg.request_timeout_s)
+        except TimeoutError as exc:
+            # The item still finishes in the pipeline; settle() ignores the cancelled future.
+            raise HttpError(504, HttpKind.TIMEOUT,
+                            f"no answer within {self.cfg.request_timeout_s}s") from exc
+
+    async def _submit(self, item: WorkItem) -> Outcome:
         assert self._loop is not None and self._pipeline is not None
         future: asyncio.Future[Outcome] = self._loop.create_future()
         item.context = future
+        # Checked and submitted in one step of the loop: a switch starts only on this loop,
+        # so no submit() runs (and blocks the loop) while the pipeline switches.
+        while not self._open.is_set():
+            await self._open.wait()
         self._pipeline.submit(item)
-        try:
-            return await asyncio.wait_for(future, self.cfg.request_timeout_s)
-        except TimeoutError as exc:
-            # The item still finishes in the pipeline; _settle ignores the cancelled future.
-            raise HttpError(504, HttpKind.TIMEOUT,
-                            f"no answer within {self.cfg.request_timeout_s}s") from exc
+        return await future
 
     # ---- routes -----------------------------------------------------------------------
     async def _ping(self, _request: web.Request) -> web.Response:
@@ -224,7 +262,7 @@ class ModelServer:
                             retry_after_s=5)
         kind = classify(request.headers.get("Content-Type", ""))
         if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
-            raise _too_large(request.content_length, self.cfg.max_body_bytes)
+            raise too_large(request.content_length, self.cfg.max_body_bytes)
         self._admit(kind)
         self._in_flight += 1
         self.metrics.in_flight.set(self._in_flight)
@@ -244,7 +282,7 @@ class ModelServer:
         try:
             return await asyncio.wait_for(request.read(), self.cfg.body_read_timeout_s)
         except web.HTTPRequestEntityTooLarge as exc:
-            raise _too_large(None, self.cfg.max_body_bytes) from exc
+            raise too_large(None, self.cfg.max_body_bytes) from exc
         except TimeoutError as exc:
             raise HttpError(408, HttpKind.REQUEST_TIMEOUT,
                             f"body not received within {self.cfg.body_read_timeout_s}s",
@@ -271,10 +309,11 @@ class ModelServer:
 
     async def _predict_image(self, body: bytes) -> web.Response:
         outcome = await self._run(WorkItem(None, None, image=body))
-        prediction = _prediction_or_raise(outcome, from_s3=False)
-        counter = self._model()
-        return web.json_response(prediction_body(
-            prediction, model_version=counter.version, class_counts=counter.card.class_counts))
+        prediction = prediction_or_raise(outcome, from_s3=False)
+        # The model that produced this answer, which a switch may have replaced since.
+        version, _, counts = self.models.judging(outcome.model_version)
+        return web.json_response(prediction_body(prediction, model_version=version,
+                                                 class_counts=counts))
 
     async def _predict_event(self, body: bytes) -> web.Response:
         try:
@@ -286,19 +325,13 @@ class ModelServer:
             err = unexpected_error(exc)
             raise HttpError(400, err.kind.value, err.message) from exc
         outcome = await self._run(WorkItem(None, request.event))
-        prediction = _prediction_or_raise(outcome, from_s3=True)
-        counter = self._model()
+        prediction = prediction_or_raise(outcome, from_s3=True)
+        version, policy, counts = self.models.judging(outcome.model_version)
         # The worker's own rule and thresholds: the endpoint and the stream never disagree.
         verdict = decide(prediction, expected=request.event.expected_quantity,
-                         supported_counts=counter.card.class_counts,
-                         policy=policy_for(counter.card, self.settings.worker))
+                         supported_counts=counts, policy=policy)
         return web.json_response(event_body(prediction, request, verdict,
-                                            model_version=counter.version,
-                                            class_counts=counter.card.class_counts))
-
-    def _model(self) -> BinCounter:
-        assert self._counter is not None
-        return self._counter
+                                            model_version=version, class_counts=counts))
 
     # ---- every request: errors as JSON, latency metric, one log line ------------------
     @web.middleware
@@ -308,15 +341,15 @@ class ModelServer:
         try:
             response: web.StreamResponse = await handler(request)
         except HttpError as exc:
-            response, kind = _error_response(exc), exc.kind
+            response, kind = error_response(exc), exc.kind
             if exc.close:
-                await _send_and_close(request, response)
+                await send_and_close(request, response)
         except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
-            err = _from_aiohttp(exc)
-            response, kind = _error_response(err), err.kind
+            err = from_aiohttp(exc)
+            response, kind = error_response(err), err.kind
         except Exception as exc:
             log.exception("%s %s: unexpected failure", request.method, request.path)
-            response, kind = _error_response(HttpError(
+            response, kind = error_response(HttpError(
                 500, HttpKind.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")), \
                 HttpKind.INTERNAL_ERROR
         elapsed = time.perf_counter() - started
@@ -333,47 +366,6 @@ class ModelServer:
                 request.content_length if request.content_length is not None else "-",
                 elapsed * 1000)
         return response
-
-
-def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
-    if not future.done():  # timed out or cancelled meanwhile
-        future.set_result(outcome)
-
-
-def _prediction_or_raise(outcome: Outcome, *, from_s3: bool) -> Prediction:
-    if outcome.prediction is not None:
-        return outcome.prediction
-    assert outcome.error is not None
-    if outcome.retryable:
-        raise HttpError(503, HttpKind.UNAVAILABLE, str(outcome.error), retry_after_s=1)
-    raise http_error(outcome.error, from_s3=from_s3)
-
-
-def _too_large(size: int | None, limit: int) -> HttpError:
-    what = f"{size} bytes" if size is not None else "larger"
-    return HttpError(413, HttpKind.PAYLOAD_TOO_LARGE, f"body is {what}; limit {limit} bytes")
-
-
-def _from_aiohttp(exc: web.HTTPException) -> HttpError:
-    kinds = {404: HttpKind.NOT_FOUND, 405: HttpKind.METHOD_NOT_ALLOWED,
-             413: HttpKind.PAYLOAD_TOO_LARGE}
-    return HttpError(exc.status, kinds.get(exc.status, f"http_{exc.status}"), exc.reason)
-
-
-def _error_response(err: HttpError) -> web.Response:
-    response = web.json_response(err.body(), status=err.status, headers=err.headers())
-    if err.close:
-        response.force_close()  # "Connection: close"
-    return response
-
-
-async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
-    """Send ``response`` now and close the connection behind it. Left to aiohttp, a body
-    still unread would be drained for up to ``lingering_time`` (10 s) first: the very
-    slow-loris client the answer is for would keep its connection."""
-    await response.prepare(request)
-    await response.write_eof()
-    request.protocol.force_close()  # transport.close(): what was written is still flushed
 
 
 async def run_server(server: ModelServer) -> None:

@@ -26,7 +26,11 @@ from migrations.runner import upgrade
 # Pipeline tests run the eager reference backend at the old default batch (16), in this
 # process and in the workers it starts: autotuning has its own tests
 # (tests/inference/test_autotune.py) and would otherwise measure at every worker start.
-PINNED_INFERENCE = {"BINAUDIT_WORKER__BACKEND": "eager", "BINAUDIT_WORKER__MAX_BATCH_SIZE": "16"}
+# They also run the model they configure: the registry (shared by every test of the
+# database) is followed only by the lifecycle tests, which say so (follow_registry=True).
+PINNED_INFERENCE = {"BINAUDIT_INFERENCE__BACKEND": "eager",
+                    "BINAUDIT_INFERENCE__MAX_BATCH_SIZE": "16",
+                    "BINAUDIT_INFERENCE__FOLLOW_REGISTRY": "false"}
 for _name, _value in PINNED_INFERENCE.items():
     os.environ.setdefault(_name, _value)
 
@@ -80,14 +84,19 @@ SettingsFactory = Callable[..., Settings]
 def settings_factory(services: Settings) -> SettingsFactory:
     """Build a Settings whose nested sections are updated from keyword dicts.
 
-    ``settings_factory(kafka={"topic": "t"}, worker={"max_batch_size": 4})``
+    ``settings_factory(kafka={"topic": "t"}, inference={"max_batch_size": 4})``
+
+    A name the section does not have fails here (``model_copy`` would store it unread, e.g. a
+    setting that moved to another section).
     """
 
     def make(**sections: dict[str, Any]) -> Settings:
-        update = {
-            name: getattr(services, name).model_copy(update=values)
-            for name, values in sections.items()
-        }
+        update = {}
+        for name, values in sections.items():
+            section = getattr(services, name)
+            unknown = set(values) - set(type(section).model_fields)
+            assert not unknown, f"{name} has no setting {sorted(unknown)}"
+            update[name] = section.model_copy(update=values)
         return services.model_copy(update=update)
 
     return make
@@ -206,9 +215,13 @@ def demo_model(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def settings_env(**sections: dict[str, Any]) -> dict[str, str]:
-    """Environment variables that set nested settings in a child process."""
+    """Environment variables that set nested settings in a child process (a name the section
+    does not have fails here: Settings would ignore it)."""
     env = {}
     for section, values in sections.items():
+        fields = Settings.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        unknown = set(values) - set(fields)
+        assert not unknown, f"{section} has no setting {sorted(unknown)}"
         for key, value in values.items():
             env[f"BINAUDIT_{section.upper()}__{key.upper()}"] = str(value)
     return env

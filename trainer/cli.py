@@ -15,11 +15,10 @@ import typer
 from rich.table import Table
 
 from core.cliutil import console, fail, settings_of
-from core.db import open_engine
 from core.model.card import ArtifactError, new_version
 from core.quality import headline
 from inference.autotune import tune_artifact
-from trainer import cli_ensemble, cli_recipe, cli_whole, data
+from trainer import cli_ensemble, cli_lifecycle, cli_recipe, cli_whole, data
 from trainer.checkpoint import load_checkpoint
 from trainer.cli_data import data_app
 from trainer.config import FitConfig, read_hyperparameters
@@ -28,14 +27,13 @@ from trainer.distributed import dist_info
 from trainer.evaluate import calibrate_artifact, evaluate_artifact, write_evaluation
 from trainer.export import DEFAULT_BACKENDS, export_artifact
 from trainer.fetch import fetch_with_settings
-from trainer.registry import register_artifact
 from trainer.train import fit
 from trainer.tune import SearchSpace, tune
 
 log = logging.getLogger(__name__)
 train_app = typer.Typer(help="Prepare data, fine-tune, tune, profile and evaluate the counter.",
                         no_args_is_help=True)
-model_app = typer.Typer(help="Model artifacts: registration, export, inference tuning.",
+model_app = typer.Typer(help="Model artifacts: registry and stages, export, inference tuning.",
                         no_args_is_help=True)
 
 DEFAULT_MANIFEST = Path("artifacts/data/manifest.json")
@@ -48,6 +46,7 @@ def register(app: typer.Typer) -> None:
     cli_whole.register(train_app)
     cli_ensemble.register(train_app)
     app.add_typer(train_app, name="train")
+    cli_lifecycle.add_commands(model_app, app)
     app.add_typer(model_app, name="model")
     app.add_typer(data_app, name="data")
 
@@ -332,17 +331,6 @@ def quickstart_cmd(
     _print_fit(config.out, result)
 
 
-@model_app.command("register")
-def register_cmd(ctx: typer.Context, path: Path) -> None:
-    """Record the artifact at PATH in the model_versions table (idempotent)."""
-    try:
-        with open_engine(settings_of(ctx).db) as engine:
-            version, inserted = register_artifact(engine, path)
-    except ArtifactError as exc:
-        fail(str(exc))
-    console.print(f"{version}: {'registered' if inserted else 'already registered'}")
-
-
 @model_app.command("export")
 def export_cmd(
     ctx: typer.Context,
@@ -357,7 +345,7 @@ def export_cmd(
     if not files:
         fail(f"no .jpg images in {images}")
     try:
-        report = export_artifact(path, files, settings_of(ctx).worker,
+        report = export_artifact(path, files, settings_of(ctx).inference,
                                  [b.strip() for b in backends.split(",") if b.strip()])
     except ArtifactError as exc:
         fail(str(exc))
@@ -375,15 +363,15 @@ def export_cmd(
 @model_app.command("tune-inference")
 def tune_inference_cmd(
     ctx: typer.Context,
-    path: Annotated[Path | None, typer.Argument(help="Artifact (default worker.model_path)")
+    path: Annotated[Path | None, typer.Argument(help="Artifact (default inference.model)")
                     ] = None,
     force: Annotated[bool, Opt(help="Measure again even if a cached result exists.")] = False,
 ) -> None:
     """Measure backends x batch sizes on this device and cache the choice (as a worker
     would at start-up); print the table."""
-    worker = settings_of(ctx).worker
+    inference = settings_of(ctx).inference
     try:
-        result, _backend, _card, cached = tune_artifact(path or worker.model_path, worker,
+        result, _backend, _card, cached = tune_artifact(path or inference.model_path, inference,
                                                         force=force)
     except ArtifactError as exc:
         fail(str(exc))

@@ -35,6 +35,8 @@ class LabeledId(BaseModel):
     id: str
     count: int
     image_path: str | None = None  # as given by a manifest, else resolved in the source dir
+    # Labelled by an auditor's review (`binaudit review export`), not by the dataset.
+    reviewed: bool = False
 
 
 class ManifestItem(BaseModel):
@@ -44,6 +46,7 @@ class ManifestItem(BaseModel):
     count: int
     label: int
     split: str
+    reviewed: bool = False
 
 
 class Manifest(BaseModel):
@@ -58,6 +61,10 @@ class Manifest(BaseModel):
     items: list[ManifestItem]
     excluded: list[dict[str, str | int]] = []
     missing: list[str] = []
+
+    def reviewed_bins(self) -> int:
+        """Reviewed bins the model is fitted and selected on (train and val splits)."""
+        return sum(1 for it in self.items if it.reviewed and it.split in ("train", "val"))
 
     def split(self, name: str) -> list[ManifestItem]:
         if name not in SPLITS:
@@ -96,6 +103,7 @@ def read_labels_csv(path: Path) -> list[LabeledId]:
     if not rows:
         return []
     cols = set(rows[0])
+    reviewed = {"discrepancy_id", "review_state"} <= cols  # the auditors' export
     if "expected_quantity" not in cols or not ({"id", "image"} & cols):
         raise DataError(f"{path}: expected columns id,image_path,expected_quantity or "
                         f"image,expected_quantity; found {sorted(cols)}")
@@ -104,7 +112,7 @@ def read_labels_csv(path: Path) -> list[LabeledId]:
         image = row.get("image_path") or row.get("image") or ""
         ident = row.get("id") or Path(image).stem
         out.append(LabeledId(id=ident, count=int(row["expected_quantity"]),
-                             image_path=row.get("image_path") or None))
+                             image_path=row.get("image_path") or None, reviewed=reviewed))
     return out
 
 
@@ -224,7 +232,9 @@ def build_manifest(
     missing: list[str] = []
     kept: dict[str, tuple[LabeledId, str]] = {}
     for entry in entries:
-        if entry.id in kept:
+        # First entry of an id wins, except that an auditor's review overrides the dataset's
+        # label (the reviewed count is what the bin really held).
+        if entry.id in kept and (kept[entry.id][0].reviewed or not entry.reviewed):
             continue
         if entry.count not in class_index:
             excluded.append({"id": entry.id, "count": entry.count, "reason": "count not a class"})
@@ -241,7 +251,7 @@ def build_manifest(
                               seed=seed, fractions=fractions)
     items = [
         ManifestItem(id=i, image_path=path, count=e.count,
-                     label=class_index[e.count], split=splits[i])
+                     label=class_index[e.count], split=splits[i], reviewed=e.reviewed)
         for i, (e, path) in sorted(kept.items())
     ]
     fp = fingerprint([(it.id, it.count, _size(it.image_path, object_sizes)) for it in items])

@@ -31,7 +31,7 @@ from core.model.export import (
     export_openvino,
 )
 from core.model.preprocess import ImageLimits, Preprocessor
-from core.settings import WorkerSettings
+from core.settings import InferenceSettings
 from inference.backends import BackendUnavailable, LoadContext, load_backend
 from inference.counter import resolve_device
 from inference.parity import (
@@ -72,16 +72,16 @@ def write_forms(artifact: Path) -> dict[str, str]:
     return errors
 
 
-def check_parity(artifact: Path, images: Sequence[Path], worker: WorkerSettings,
+def check_parity(artifact: Path, images: Sequence[Path], inference: InferenceSettings,
                  backends: Sequence[str]) -> tuple[list[ParityReport], dict[str, str]]:
     """Each backend vs the eager fp32 model on ``images``; (reports, skipped with reasons)."""
     model, card = load_artifact(artifact)
-    device = resolve_device(worker.device)
-    batches = image_batches(images, Preprocessor(card, ImageLimits.from_settings(worker)))
+    device = resolve_device(inference.device)
+    batches = image_batches(images, Preprocessor(card, ImageLimits.from_settings(inference)))
     reference = reference_logits(model, batches)
     ctx = LoadContext(artifact=artifact, card=card, device=device,
                       load_model=lambda: load_artifact(artifact)[0],
-                      cache_dir=worker.inference_cache_dir / "export-check",
+                      cache_dir=inference.inference_cache_dir / "export-check",
                       max_batch_size=BATCH, threads=torch.get_num_threads())
     reports, skipped = [], {}
     for name in backends:
@@ -97,12 +97,12 @@ def check_parity(artifact: Path, images: Sequence[Path], worker: WorkerSettings,
     return reports, skipped
 
 
-def export_artifact(artifact: Path, images: Sequence[Path], worker: WorkerSettings,
+def export_artifact(artifact: Path, images: Sequence[Path], inference: InferenceSettings,
                     backends: Sequence[str] = DEFAULT_BACKENDS) -> dict[str, Any]:
     """Write the forms, check them, drop the failures, write ``exports.json``; the report."""
     artifact = Path(artifact)
     errors = write_forms(artifact)
-    reports, skipped = check_parity(artifact, images, worker, backends)
+    reports, skipped = check_parity(artifact, images, inference, backends)
     for report in reports:
         form = FORM_OF.get(report.backend)
         if not report.ok and form and form != ONNX_FILE:

@@ -246,6 +246,7 @@ def _write_outputs(config: FitConfig, manifest: Manifest, model: nn.Module, resu
             decode=config.decode,
             calibration=result.extra["calibration"], decision=result.extra["decision"],
             metrics=card_metrics, data_fingerprint=manifest.fingerprint,
+            reviewed_bins=manifest.reviewed_bins(),
             hyperparameters=config.hyperparameters(), created_at=datetime.now(UTC),
             code_version=code_version())
         result.artifact_dir = save_artifact(out, ckpt.unwrap(model), card)

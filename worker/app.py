@@ -8,6 +8,12 @@ event) becomes a dead-letter row and its offset advances; a broken dependency (P
 consumption and is retried, and no offset passes an unwritten row. So does a failing S3 (denied,
 bucket gone, unreachable) or a failing model: the pipeline retries, the worker pauses its
 partitions and raises the alert (``worker/health.py``), and resumes when the fault clears.
+
+Models (``worker/models.py``): the deployment's production (and shadow) version from the
+registry, or the configured model when pinned. A promotion is picked up without restart: the
+worker pauses its partitions, lets everything taken finish, writes and commits it, then
+switches, so per partition every verdict before the switch point has the old version and every
+one after it the new. Shadow verdicts are written along with the batches, never waited for.
 """
 
 from __future__ import annotations
@@ -22,15 +28,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from core.model.preprocess import ImageLimits, Preprocessor
 from core.producer import EventProducer
 from core.settings import Settings
-from inference.autotune import open_counter
-from inference.compare import policy_for
 from inference.counter import BinCounter
 from inference.images import ImageFetcher
 from inference.outcomes import dead_letter_record, verdict_records
-from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
+from inference.pipeline import Outcome, WorkItem
 from inference.positions import Position, TopicPartitionKey
 from inference.retries import RetryBudget
 from schemas.events import decode_event, unexpected_error
@@ -42,6 +45,7 @@ from worker.io.duplicates import RecordSource
 from worker.io.kafka_source import EventSource
 from worker.io.pg_sink import ResultSink, SinkUnavailable, WriteBatch, WriteResult
 from worker.metrics import HealthServer, RunStats, WorkerMetrics
+from worker.models import WorkerModels
 from worker.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class Worker:
                  registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.cfg = settings.worker
+        self.inference = settings.inference
         self._counter = counter
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.tracker = OffsetTracker()
@@ -85,18 +90,12 @@ class Worker:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         with ExitStack() as stack:
-            counter = self._counter or open_counter(self.cfg)  # backend + batch plan
-            warm = counter.warm_up()
-            log.info("model %s warmed up in %.2fs", counter.version, warm)
-            self.counter = counter
-            self.policy = policy_for(counter.card, self.cfg)
-            log.info("decision policy: match when P(manifest count) >= %.4f, mismatch when "
-                     "1 - P >= %.4f (%s)", self.policy.match_min_p,
-                     self.policy.mismatch_min_score, self.policy.chosen_on or "card defaults")
             self.sink = stack.enter_context(ResultSink(self.settings.db))
-            self._register_model()
+            self.models = stack.enter_context(WorkerModels(
+                self.settings, self.metrics, counter=self._counter, backoff=self._next_backoff))
             fetcher = stack.enter_context(ImageFetcher.from_settings(self.settings))
-            self.pipeline = stack.enter_context(self._build_pipeline(counter, fetcher))
+            self.pipeline = stack.enter_context(self.models.pipeline(fetcher,
+                                                                     self._outcomes.put))
             if self.settings.kafka.dlq_topic:
                 self._dlq = DeadLetterPublisher(
                     stack.enter_context(EventProducer(self.settings.kafka, idempotent=False)),
@@ -115,24 +114,10 @@ class Worker:
         return self.stats
 
     # ---- construction ---------------------------------------------------------------
-    def _build_pipeline(self, counter: BinCounter, fetcher: ImageFetcher) -> InferencePipeline:
-        pre = Preprocessor(counter.card, ImageLimits.from_settings(self.cfg))
-        config = PipelineConfig.from_settings(self.cfg, plan=counter.plan)
-        return InferencePipeline(counter, pre, config, self._outcomes.put, fetcher=fetcher,
-                                 metrics=self.metrics)
-
-    def _register_model(self) -> None:
-        card = self.counter.card
-        while True:
-            try:
-                self.sink.register_model(
-                    version=card.version, architecture=card.architecture,
-                    artifact_uri=str(self.cfg.model_path.resolve()),
-                    card=card.model_dump(mode="json"), metrics=dict(card.metrics))
-                return
-            except SinkUnavailable as exc:
-                log.warning("postgres unavailable at start-up (%s); retrying", exc)
-                time.sleep(self._next_backoff())
+    @property
+    def counter(self) -> BinCounter:
+        """The production model running now."""
+        return self.models.running.production
 
     # ---- main loop ------------------------------------------------------------------
     def _loop(self) -> None:
@@ -144,6 +129,7 @@ class Worker:
             self.health.coordinator(self.source.coordinator_known())
             self._collect()
             self._write_and_commit()
+            self._switch_models()
             self._apply_backpressure()
             self._ping_postgres()
             for record in self.source.poll(timeout_ms=100, max_records=self._room()):
@@ -166,7 +152,7 @@ class Worker:
         # (group membership) without taking more records.
         in_flight = self.tracker.in_flight()
         should_pause = (in_flight >= self.cfg.max_in_flight or self._sink_failed
-                        or (self._faulty and in_flight > 0))
+                        or (self._faulty and in_flight > 0) or self.models.pending is not None)
         if should_pause and not self._paused:
             self.source.pause_all()
             self._paused = True
@@ -195,8 +181,20 @@ class Worker:
             return
         self.pipeline.submit(WorkItem(position, event, context=record))
 
+    def _switch_models(self) -> None:
+        """Switch to a set the watcher prepared once the switch point is clean: nothing in
+        flight, every row written and every offset committed (partitions stay paused until
+        then, see _apply_backpressure)."""
+        pending = self.models.next_set()
+        if pending is None or self.tracker.in_flight() or self._pending_positions \
+                or self.tracker.committable() or self.pipeline.in_flight:
+            return
+        if self.pipeline.swap(pending, timeout=self.cfg.shutdown_deadline_s):
+            self.models.switched(pending)
+
     def _collect(self) -> None:
-        """Turn finished outcomes into pending rows (main thread only)."""
+        """Turn finished outcomes (and shadow answers) into pending rows (main thread)."""
+        self._pending.shadow += self.models.shadow_rows()
         while True:
             try:
                 outcome = self._outcomes.get_nowait()
@@ -218,11 +216,11 @@ class Worker:
         error = outcome.error
         if outcome.prediction is not None and item.event is not None:
             try:
+                version, policy, counts = self.models.judging(outcome.model_version)
                 verdict, discrepancy = verdict_records(
                     event=item.event, topic=pos.topic, partition=pos.partition,
-                    offset=pos.offset, prediction=outcome.prediction,
-                    model_version=self.counter.version,
-                    supported_counts=self.counter.card.class_counts, policy=self.policy)
+                    offset=pos.offset, prediction=outcome.prediction, model_version=version,
+                    supported_counts=counts, policy=policy)
             except Exception as exc:  # noqa: BLE001 - this record's dead letter, not a crash
                 log.exception("%s: building the verdict raised %s", item.describe(),
                               type(exc).__name__)
@@ -257,7 +255,8 @@ class Worker:
 
     # ---- write, then commit ---------------------------------------------------------
     def _write_and_commit(self, *, commit: bool = True) -> None:
-        if self._pending_positions and time.monotonic() >= self._sink_retry_at:
+        if (self._pending_positions or self._pending.shadow) \
+                and time.monotonic() >= self._sink_retry_at:
             try:
                 self._written_now = self.sink.write(self._pending)
             except SinkUnavailable as exc:
@@ -300,16 +299,10 @@ class Worker:
         self._sink_retry_at = 0.0
         self._backoff = self.cfg.retry_backoff_initial_s
         not_judged = self._written_now.not_judged
-        for v in self._pending.verdicts:
-            if (v.topic, v.partition, v.offset) in not_judged:
-                continue
-            self.stats.verdicts[v.status.value] = self.stats.verdicts.get(v.status.value, 0) + 1
-            self.metrics.events.labels(v.status.value).inc()
-        for d in [*self._pending.dead_letters, *self._written_now.duplicates]:
-            kind = d.error_kind.value
-            self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
-            self.metrics.events.labels("dead_letter").inc()
-            self.metrics.dead_letters.labels(kind).inc()
+        self.metrics.count_written(
+            self.stats, [v for v in self._pending.verdicts
+                         if (v.topic, v.partition, v.offset) not in not_judged],
+            [*self._pending.dead_letters, *self._written_now.duplicates])
         for pos in self._pending_positions:
             self.tracker.finished(pos.key, pos.offset)
             self._retries.forget(pos)
@@ -344,14 +337,16 @@ class Worker:
         """Finish everything in flight, write it (retrying) and commit, within a deadline."""
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
-            drained = self.pipeline.drain(timeout=max(0.1, min(1.0, end - time.monotonic())))
+            step = max(0.1, min(1.0, end - time.monotonic()))
+            drained = self.pipeline.drain(timeout=step) and self.pipeline.drain_shadow(step)
             # A slow model can drain for longer than max.poll.interval.ms: without polls the
             # member would leave the group and its final commits be refused.
             self.source.keep_alive()
             self._collect()
             self._sink_retry_at = self._commit_retry_at = 0.0  # the deadline bounds retries
             self._write_and_commit()
-            if drained and not self._pending_positions and self.tracker.in_flight() == 0:
+            if drained and not self._pending_positions and not self._pending.shadow \
+                    and self.tracker.in_flight() == 0:
                 return
             if self._pending_positions:
                 time.sleep(min(self._next_backoff(), max(0.0, end - time.monotonic())))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,7 +25,16 @@ dlq_app = typer.Typer(help="Dead letters: re-drive them once their cause is fixe
 
 def worker(
     ctx: typer.Context,
-    model: Annotated[Path | None, typer.Option(help="Model artifact directory")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model artifact (directory or s3:// URI; default settings.inference.model). "
+             "Given here, it is pinned: the registry is not followed unless "
+             "--follow-registry says so.")] = None,
+    deployment: Annotated[str | None, typer.Option(
+        help="Registry deployment to follow (default: the topic's name)")] = None,
+    follow_registry: Annotated[bool | None, typer.Option(
+        "--follow-registry/--pin",
+        help="Run the deployment's production (and shadow) model and switch on promotion; "
+             "--pin runs --model only (default settings.inference.follow_registry)")] = None,
     topic: Annotated[str | None, typer.Option(help="Topic to consume")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group id")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Close a batch at this size")] = None,
@@ -40,11 +48,12 @@ def worker(
     settings = with_overrides(
         settings_of(ctx),
         kafka={"topic": topic, "group_id": group},
-        worker={"model_path": model, "max_batch_size": max_batch_size,
-                "max_wait_ms": max_wait_ms, "device": device, "metrics_port": metrics_port,
-                "exit_when_idle_s": exit_when_idle},
+        inference={"model": model, "max_batch_size": max_batch_size,
+                   "max_wait_ms": max_wait_ms, "device": device, "deployment": deployment,
+                   "follow_registry": _follow(follow_registry, model)},
+        worker={"metrics_port": metrics_port, "exit_when_idle_s": exit_when_idle},
     )
-    check_device(settings.worker.device)
+    check_device(settings.inference.device)
     try:
         stats = Worker(settings).run()
     except ArtifactError as exc:
@@ -52,6 +61,13 @@ def worker(
     rate = stats.events / stats.seconds if stats.seconds else 0.0
     console.print(f"processed {stats.events} events in {stats.seconds:.1f}s ({rate:.1f}/s); "
                   f"verdicts {stats.verdicts}; dead letters {stats.dead_letters}")
+
+
+def _follow(flag: bool | None, model: str | None) -> bool | None:
+    """An explicit --model is what the caller wants to run: pinned unless told otherwise."""
+    if flag is not None:
+        return flag
+    return False if model is not None else None
 
 
 @dlq_app.command("redrive")

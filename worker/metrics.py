@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +19,7 @@ from prometheus_client import (
 
 from inference.metrics import PipelineMetrics
 from inference.positions import TopicPartitionKey
+from schemas.records import AuditVerdict, DeadLetterRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,18 @@ class WorkerMetrics(PipelineMetrics):
         self.dlq_refused = Counter(
             "binaudit_dlq_refused_total", "Dead letters the DLQ topic refused for their size "
             "(kept in Postgres only)", registry=r)
+
+    def count_written(self, stats: RunStats, verdicts: Sequence[AuditVerdict],
+                      dead_letters: Sequence[DeadLetterRecord]) -> None:
+        """Count rows that became durable, in the run's stats and the metrics."""
+        for v in verdicts:
+            stats.verdicts[v.status.value] = stats.verdicts.get(v.status.value, 0) + 1
+            self.events.labels(v.status.value).inc()
+        for d in dead_letters:
+            kind = d.error_kind.value
+            stats.dead_letters[kind] = stats.dead_letters.get(kind, 0) + 1
+            self.events.labels("dead_letter").inc()
+            self.dead_letters.labels(kind).inc()
 
     def record_lag(self, lags: Mapping[TopicPartitionKey, int],
                    committed: Mapping[TopicPartitionKey, int]) -> None:

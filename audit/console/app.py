@@ -46,6 +46,8 @@ class Console:
     export_lock: threading.Lock = field(default_factory=threading.Lock)
     # days -> (monotonic time computed, overview data)
     overview_cache: dict[int, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    # deployment -> (monotonic time computed, the overview's Model panel)
+    model_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
     def render(self, request: Request, name: str, status_code: int = 200,
                **context: Any) -> Response:

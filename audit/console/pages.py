@@ -24,6 +24,7 @@ from starlette.responses import Response
 from audit.console import charts
 from audit.console.accounts import Account
 from audit.console.database import as_account
+from audit.console.model_panel import cached_panel
 from audit.console.queries import (
     Cursor,
     QueryError,
@@ -196,12 +197,18 @@ def thumbnail(request: Request, discrepancy_id: int) -> Response:
 @router.get("/overview")
 def overview_page(request: Request, days: int = Query(14, ge=1, le=366),
                   captured_last: Annotated[date | None, Query()] = None,
-                  processed_last: Annotated[date | None, Query()] = None) -> Response:
+                  processed_last: Annotated[date | None, Query()] = None,
+                  deployment: Annotated[str | None, Query(max_length=200)] = None
+                  ) -> Response:
     """Charts over whole UTC days: by default the last ``days`` days, or the ``days`` days
     ending at the newest day with data when the recent ones hold none; ``captured_last`` /
-    ``processed_last`` pin each window's last day (the empty charts' links set them)."""
+    ``processed_last`` pin each window's last day (the empty charts' links set them). The
+    Model panel shows ``deployment`` (default: the one of the configured topic)."""
     console = request.app.state.console
     account = _account(request)
+    settings = console.settings
+    chosen = deployment or settings.inference.deployment_for(settings.kafka.topic)
+    model = cached_panel(console, account, chosen)
     cache = console.overview_cache
     pinned = captured_last is not None or processed_last is not None
     cached = None if pinned else cache.get(days)
@@ -213,7 +220,9 @@ def overview_page(request: Request, days: int = Query(14, ge=1, le=366),
                             processed_last=processed_last)
         if not pinned:  # the default view is the busy one; pinned views are one-off links
             cache[days] = (time.monotonic(), data)
-    return console.render(request, "overview.html", days=days, data=data,
+    return console.render(request, "overview.html", days=days, data=data, model=model,
+                          deployment_qs=urlencode({"deployment": deployment})
+                          if deployment else "",
                           charts=_charts(data, _links(data, days, captured_last,
                                                       processed_last)))
 

@@ -82,6 +82,9 @@ class ModelCard(BaseModel):
     decision: DecisionPolicy = DecisionPolicy()
     metrics: dict[str, float] = {}
     data_fingerprint: str | None = None
+    # Bins labelled by auditors' reviews among the training and validation data (None: the
+    # trainer that made the card does not know; 0: none).
+    reviewed_bins: int | None = None
     hyperparameters: dict[str, Any] = {}
     created_at: datetime
     code_version: str

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.model.card import ModelCard
-from core.settings import WorkerSettings
+from core.settings import InferenceSettings
 from schemas.records import ErrorKind, EventError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,8 +33,8 @@ class ImageLimits:
     max_pixels: int
 
     @classmethod
-    def from_settings(cls, worker: WorkerSettings) -> ImageLimits:
-        return cls(worker.max_image_bytes, worker.max_image_pixels)
+    def from_settings(cls, inference: InferenceSettings) -> ImageLimits:
+        return cls(inference.max_image_bytes, inference.max_image_pixels)
 
 
 

@@ -24,7 +24,7 @@ GPU_ONLY = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
 # CPU: torch.compile is left out of the default sweep: compiling B4 takes ~2 min per batch
 # size on 2 cores and it measured 1.4x eager where ONNX Runtime measured 2.5x (bench/);
-# add "compiled" to worker.tune_backends to include it. Eager is always the last resort.
+# add "compiled" to inference.tune_backends to include it. Eager is always the last resort.
 DEFAULT_CANDIDATES = {
     "cpu": ("onnxruntime", "openvino", "eager"),
     "cuda": ("tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "compiled", "eager"),

@@ -124,8 +124,9 @@ def recorded(services: Settings, sample_dir: Path,
             Worker(base.model_copy(update={
                 "kafka": base.kafka.model_copy(update={"group_id": f"g-{version}"}),
                 "worker": base.worker.model_copy(update={
-                    "model_path": model, "exit_when_idle_s": 2.0, "metrics_port": None,
-                    "device": "cpu",
+                    "exit_when_idle_s": 2.0, "metrics_port": None}),
+                "inference": base.inference.model_copy(update={
+                    "model": str(model), "device": "cpu",
                     # Untrained models: the argmax rule (every disagreement is a mismatch)
                     # gives the auditors' queue rows to filter.
                     "match_min_p": 0.0, "mismatch_min_score": 0.0})})).run()

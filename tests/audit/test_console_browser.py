@@ -296,8 +296,8 @@ def demo_console(settings_factory: Callable[..., Settings], clean_db: Engine,
     settings = settings_factory(
         s3={"bucket": bucket, "allowed_buckets": (bucket,)},
         kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": SHIPPED, "exit_when_idle_s": 2.0, "metrics_port": None,
-                "device": "cpu"})
+        inference={"model": str(SHIPPED), "device": "cpu"},
+        worker={"exit_when_idle_s": 2.0, "metrics_port": None})
     sent = publish(settings, PublishOptions(
         source=sample_dir, topic=topic, progress=False,
         plan=EventPlan(bucket=bucket, with_metadata=True),

@@ -480,3 +480,23 @@ def test_tta_cost_table_names_each_backend_and_the_ratio() -> None:
     text = markdown(result)
     assert "| openvino | 20.0 (19.0–21.0) | 10.5 (19.0–21.0) | 0.53 |" in text
     assert "BUSY" not in text and "BUSY" in markdown(result | {"busy": True})
+
+
+def test_shadow_overhead_runs_tiny_and_writes_its_results(model_artifact: Path,
+                                                          tmp_path: Path) -> None:
+    from bench.shadow_overhead import main
+
+    out = tmp_path / "shadow-overhead"
+    main(["--artifact", str(model_artifact), "--events", "8", "--repeats", "2",
+          "--batch-size", "4", "--queue-batches", "2", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [w["config"] for w in result["windows"]] == ["alone", "shadow"] * 2
+    assert all(w["errors"] == 0 and w["events"] == 8 for w in result["windows"])
+    assert len(result["ratios"]) == 2 and result["ratio"]["repeats"] == 2
+    assert all(r > 0 for r in result["ratios"])
+    assert {"load_start", "load_end", "machine", "busy"} <= set(result)
+    shadow_windows = [w for w in result["windows"] if w["config"] == "shadow"]
+    # Every event was either answered by the shadow or in a batch it skipped.
+    assert all(w["shadow_answered"] + w["shadow_skipped_batches"] > 0 for w in shadow_windows)
+    assert all(w["shadow_answered"] == 0 for w in result["windows"] if w["config"] == "alone")
+    assert "| ratio (with / alone, per pair) |" in out.with_suffix(".md").read_text()

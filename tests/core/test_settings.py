@@ -1,4 +1,5 @@
-"""The one Settings object: environment prefix and nesting, immutability, secrets, TLS/SASL."""
+"""The one Settings object: environment prefix and nesting, immutability, secrets, TLS/SASL,
+and the inference section (with the former worker-section names it still accepts)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from core.settings import DatabaseSettings, KafkaSettings, S3Settings, Settings
+from core.settings import (
+    MOVED_TO_INFERENCE,
+    DatabaseSettings,
+    InferenceSettings,
+    KafkaSettings,
+    S3Settings,
+    Settings,
+    SettingsDeprecationWarning,
+    WorkerSettings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +33,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BINAUDIT_KAFKA__TOPIC", "bin-events-eu")
     monkeypatch.setenv("BINAUDIT_KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
-    monkeypatch.setenv("BINAUDIT_WORKER__MAX_BATCH_SIZE", "32")
+    monkeypatch.setenv("BINAUDIT_INFERENCE__MAX_BATCH_SIZE", "32")
     monkeypatch.setenv("BINAUDIT_ENVIRONMENT", "test")
     monkeypatch.setenv("KAFKA__TOPIC", "no-prefix-is-ignored")
 
@@ -31,7 +41,7 @@ def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert settings.kafka.topic == "bin-events-eu"
     assert settings.kafka.client_kwargs()["bootstrap_servers"] == ["k1:9092", "k2:9092"]
-    assert settings.worker.max_batch_size == 32
+    assert settings.inference.max_batch_size == 32
     assert settings.environment == "test"
     # Sections not named in the environment keep their defaults.
     assert settings.kafka.group_id == KafkaSettings().group_id
@@ -43,9 +53,67 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BINAUDIT_WORKER__MAX_BATCH_SIZE", "0")
+    monkeypatch.setenv("BINAUDIT_INFERENCE__MAX_BATCH_SIZE", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+# ---- the inference section --------------------------------------------------------------------
+
+def test_inference_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BINAUDIT_INFERENCE__MODEL", "s3://models/counter/v7/")
+    monkeypatch.setenv("BINAUDIT_INFERENCE__MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("BINAUDIT_INFERENCE__DEVICE", "cpu")
+
+    settings = Settings()
+
+    assert settings.inference.model == "s3://models/counter/v7/"
+    assert settings.inference.max_batch_size == 8
+    assert settings.inference.device == "cpu"
+
+
+def test_default_model_path_is_the_shipped_counter() -> None:
+    inference = Settings().inference
+    assert inference.model == "models/counter"
+    assert inference.model_path == Path("models/counter")
+
+
+def test_the_former_worker_name_still_works_for_one_release_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BINAUDIT_WORKER__MODEL_PATH", str(tmp_path / "old-name"))
+    monkeypatch.setenv("BINAUDIT_WORKER__METRICS_PORT", "9200")  # stays in the worker's section
+
+    with pytest.warns(SettingsDeprecationWarning, match="BINAUDIT_INFERENCE__MODEL") as caught:
+        settings = Settings()
+
+    assert settings.inference.model == str(tmp_path / "old-name")
+    assert settings.inference.model_path == tmp_path / "old-name"
+    assert settings.worker.metrics_port == 9200
+    assert [str(w.message) for w in caught if issubclass(w.category,
+                                                         SettingsDeprecationWarning)] == [
+        "BINAUDIT_WORKER__MODEL_PATH is deprecated and will be removed in the next release: "
+        "use BINAUDIT_INFERENCE__MODEL"]
+
+
+def test_the_new_name_wins_over_the_former_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BINAUDIT_WORKER__MODEL_PATH", "models/old")
+    monkeypatch.setenv("BINAUDIT_INFERENCE__MODEL", "models/new")
+    monkeypatch.setenv("BINAUDIT_WORKER__MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("BINAUDIT_INFERENCE__MAX_BATCH_SIZE", "32")
+
+    with pytest.warns(SettingsDeprecationWarning):
+        settings = Settings()
+
+    assert settings.inference.model == "models/new"
+    assert settings.inference.max_batch_size == 32
+
+
+def test_worker_settings_no_longer_hold_the_moved_fields() -> None:
+    with pytest.raises(ValidationError, match="model_path"):
+        WorkerSettings(model_path="models/counter")
+    for old, new in MOVED_TO_INFERENCE.items():
+        assert old not in WorkerSettings.model_fields
+        assert new in InferenceSettings.model_fields
 
 
 def test_frozen() -> None:

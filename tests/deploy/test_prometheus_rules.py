@@ -73,7 +73,8 @@ def exported_names(exposition: str) -> set[str]:
 
 
 def rule_exprs() -> dict[str, list[str]]:
-    """Alert expressions by rule group (``binaudit-worker``, ``binaudit-serve``)."""
+    """Alert expressions by rule group (``binaudit-worker``, ``binaudit-serve``,
+    ``binaudit-models``)."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return {g["name"]: [r["expr"] for r in g["rules"]] for g in groups}
 
@@ -155,6 +156,7 @@ def test_a_misspelled_name_is_reported_against_the_registries() -> None:
     groups = rule_exprs()
     assert missing(groups["binaudit-worker"], worker) == {}
     assert missing(groups["binaudit-serve"], serve) == {}
+    assert missing(groups["binaudit-models"], worker & serve) == {}
     assert missing(map(without_grafana_variables, dashboard_exprs()), worker | serve) == {}
     typo = groups["binaudit-worker"][0].replace("binaudit_consumer_committed_lag",
                                                 "binaudit_consumer_commited_lag")
@@ -178,8 +180,8 @@ def worker_scrape(settings_factory: Callable[..., Settings], topic_factory: Call
     assert report.faults, "the seeded fault draw gave no bad record"
     wp = worker_process_factory(
         "metrics", kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": model_artifact, "device": "cpu", "max_batch_size": 4,
-                "match_min_p": 0.0, "mismatch_min_score": 0.0})
+        inference={"model": model_artifact, "device": "cpu", "max_batch_size": 4,
+                   "match_min_p": 0.0, "mismatch_min_score": 0.0})
     wait_for(lambda: _WORKER_PORT.search(wp.log()) is not None, 120, "the metrics port")
     match = _WORKER_PORT.search(wp.log())
     assert match is not None
@@ -198,8 +200,10 @@ def worker_scrape(settings_factory: Callable[..., Settings], topic_factory: Call
 @pytest.fixture
 def serve_scrape(settings_factory: Callable[..., Settings],
                  model_artifact: Path) -> Iterator[str]:
-    """/metrics of a real ModelServer on a socket, after a /ping and an invocation."""
-    settings = settings_factory(worker={"model_path": model_artifact, "device": "cpu"})
+    """/metrics of a real ModelServer on a socket, after a /ping and an invocation (pinned:
+    the scrape is about names, not about what the registry of the default topic holds)."""
+    settings = settings_factory(inference={"model": str(model_artifact), "device": "cpu",
+                                           "follow_registry": False})
     with ServerThread(ModelServer(settings)) as server:
         server.wait_ready()
         server.invoke(b"not an image")
@@ -212,8 +216,13 @@ def test_every_rule_and_panel_metric_is_exported(worker_scrape: str, serve_scrap
     assert {"binaudit_events_total", "binaudit_dead_letters_total"} <= worker
     assert re.search(r'^binaudit_dead_letters_total\{kind="invalid_json"\} [1-9]',
                      worker_scrape, re.MULTILINE), "no dead-letter sample in the scrape"
+    for scrape in (worker_scrape, serve_scrape):  # the running version, as the panel shows it
+        assert re.search(r'^binaudit_model_info\{[^}]*role="production"[^}]*\} 1', scrape,
+                         re.MULTILINE), "no binaudit_model_info sample"
     groups = rule_exprs()
-    assert set(groups) == {"binaudit-worker", "binaudit-serve"}
+    assert set(groups) == {"binaudit-worker", "binaudit-serve", "binaudit-models"}
     assert missing(groups["binaudit-worker"], worker) == {}
     assert missing(groups["binaudit-serve"], serve) == {}
+    # Model lifecycle alerts cover workers and serve alike: both must export their series.
+    assert missing(groups["binaudit-models"], worker & serve) == {}
     assert missing(map(without_grafana_variables, dashboard_exprs()), worker | serve) == {}

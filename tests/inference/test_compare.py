@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.model.card import Calibration, DecisionPolicy, ModelCard
-from core.settings import WorkerSettings
+from core.settings import InferenceSettings
 from inference.compare import (
     decide,
     effective_policy,
@@ -99,8 +99,8 @@ def test_the_card_decides_which_count_a_distribution_stands_for() -> None:
 
 def test_settings_override_the_card_thresholds() -> None:
     card = _card(match_min_p=0.7, mismatch_min_score=0.99)
-    assert policy_for(card, WorkerSettings()) == card.decision
-    overridden = policy_for(card, WorkerSettings(mismatch_min_score=0.5))
+    assert policy_for(card, InferenceSettings()) == card.decision
+    overridden = policy_for(card, InferenceSettings(mismatch_min_score=0.5))
     assert (overridden.match_min_p, overridden.mismatch_min_score) == (0.7, 0.5)
     assert overridden.chosen_on == "settings override"
     assert effective_policy(card) is card.decision

@@ -70,7 +70,7 @@ def test_one_denied_object_is_one_access_denied_dead_letter(
     fetched yet, so the fetcher lists the bucket to find another key and asks for it."""
     _, key = iam.user([statement("Allow", READ), deny_key(seeded, "denied.jpg")])
     settings = settings_factory(s3={"allowed_buckets": (seeded,), **_signing(key),
-                                    "object_denied_attempts": 3}, worker=FAST)
+                                    "object_denied_attempts": 3}, inference=FAST)
     with iam.authentication(), ImageFetcher.from_settings(settings) as fetcher:
         denied = fetcher.fetch(f"s3://{seeded}/denied.jpg")
         if alone:
@@ -94,7 +94,7 @@ def test_access_revoked_for_the_whole_bucket_is_an_outage_never_a_dead_letter(
     the policy put back, every fetch completes."""
     user, key = iam.user([statement("Allow", READ)])
     settings = settings_factory(s3={"allowed_buckets": (seeded,), **_signing(key),
-                                    "object_denied_attempts": 2}, worker=FAST)
+                                    "object_denied_attempts": 2}, inference=FAST)
     with iam.authentication(), ImageFetcher.from_settings(settings) as fetcher:
         assert fetcher.fetch(f"s3://{seeded}/{KEYS[0]}").result(timeout=30)
         iam.set_policy(user, [statement("Allow", ["iam:GetUser"])])
@@ -123,7 +123,7 @@ def test_5xx_across_many_keys_is_an_outage_never_a_dead_letter(
     looks served): as many failing keys as outage_min_keys make it an outage."""
     settings = settings_factory(
         s3={"allowed_buckets": (seeded,), "endpoint_url": f"http://127.0.0.1:{proxy.port}",
-            "max_attempts": 1, "fetch_attempts": 2, "outage_min_keys": 3}, worker=FAST)
+            "max_attempts": 1, "fetch_attempts": 2, "outage_min_keys": 3}, inference=FAST)
     with ImageFetcher.from_settings(settings) as fetcher:
         assert fetcher.fetch(f"s3://{seeded}/{KEYS[0]}").result(timeout=30)
         proxy.poisoned.update(KEYS[1:])

@@ -32,13 +32,14 @@ def test_a_failing_model_is_retried_until_it_works_no_event_errors(
         settings_factory: Callable[..., Settings]) -> None:
     flag = tmp_path / "fault"
     flag.touch()
-    settings = settings_factory(worker={"model_fault_flag": flag, "retry_backoff_initial_s": 0.1,
-                                        "retry_backoff_max_s": 0.2})
+    settings = settings_factory(inference={"model_fault_flag": flag,
+                                           "retry_backoff_initial_s": 0.1,
+                                           "retry_backoff_max_s": 0.2})
     counter = BinCounter.from_artifact(model_artifact, "cpu")
     outcomes: queue.Queue[Outcome] = queue.Queue()
-    pre = Preprocessor(counter.card, ImageLimits.from_settings(settings.worker))
-    with InferencePipeline(counter, pre, PipelineConfig.from_settings(settings.worker),
-                           outcomes.put) as pipeline:
+    pre = Preprocessor(counter.card, ImageLimits.from_settings(settings.inference))
+    config = PipelineConfig.from_settings(settings.inference)
+    with InferencePipeline(counter, pre, config, outcomes.put) as pipeline:
         for _ in range(3):
             pipeline.submit(WorkItem(None, None, image=_jpeg(sample_dir)))
         time.sleep(1.5)
@@ -55,8 +56,8 @@ def test_a_missing_bucket_is_waited_out_not_a_missing_object(
         settings_factory: Callable[..., Settings], s3_client: Any, sample_dir: Path) -> None:
     bucket = f"later-{time.monotonic_ns()}"
     settings = settings_factory(s3={"allowed_buckets": (bucket,)},
-                                worker={"retry_backoff_initial_s": 0.1,
-                                        "retry_backoff_max_s": 0.3})
+                                inference={"retry_backoff_initial_s": 0.1,
+                                           "retry_backoff_max_s": 0.3})
     with ImageFetcher.from_settings(settings) as fetcher:
         future = fetcher.fetch(f"s3://{bucket}/bin-images/1.jpg")
         deadline = time.monotonic() + 30
@@ -82,7 +83,7 @@ def test_an_unclassified_error_for_one_key_ends_in_one_fetch_failed(
     settings = settings_factory(
         s3={"allowed_buckets": (bucket,), "endpoint_url": f"http://127.0.0.1:{proxy.port}",
             "max_attempts": 1, "fetch_attempts": 3},
-        worker={"retry_backoff_initial_s": 0.05, "retry_backoff_max_s": 0.1})
+        inference={"retry_backoff_initial_s": 0.05, "retry_backoff_max_s": 0.1})
     try:
         with ImageFetcher.from_settings(settings) as fetcher:
             bad = fetcher.fetch(f"s3://{bucket}/bad.jpg")

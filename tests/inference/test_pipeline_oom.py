@@ -49,21 +49,24 @@ def _run(counter: BinCounter, settings: Settings, images: list[bytes],
          wait_s: float = 60) -> tuple[list[Outcome], InferencePipeline]:
     """Submit ``images`` as one batch; the outcomes in submission order."""
     outcomes: queue.Queue[Outcome] = queue.Queue()
-    pre = Preprocessor(counter.card, ImageLimits.from_settings(settings.worker))
-    config = PipelineConfig.from_settings(settings.worker)
-    with InferencePipeline(counter, pre, config, outcomes.put) as pipeline:
+    pre = Preprocessor(counter.card, ImageLimits.from_settings(settings.inference))
+    with InferencePipeline(counter, pre, _config(settings), outcomes.put) as pipeline:
         for i, image in enumerate(images):
             pipeline.submit(WorkItem(None, None, image=image, context=i))
         got = [outcomes.get(timeout=wait_s) for _ in images]
     return sorted(got, key=lambda o: o.item.context), pipeline
 
 
+def _config(settings: Settings) -> PipelineConfig:
+    return PipelineConfig.from_settings(settings.inference)
+
+
 @pytest.fixture
 def oom_settings(settings_factory: Callable[..., Settings]) -> Callable[..., Settings]:
-    def make(**worker: object) -> Settings:
-        return settings_factory(worker={"max_batch_size": BATCH, "max_wait_ms": 2000,
-                                        "retry_backoff_initial_s": 0.1,
-                                        "retry_backoff_max_s": 0.2, **worker})
+    def make(**inference: object) -> Settings:
+        return settings_factory(
+            inference={"max_batch_size": BATCH, "max_wait_ms": 2000,
+                       "retry_backoff_initial_s": 0.1, "retry_backoff_max_s": 0.2, **inference})
     return make
 
 
@@ -107,9 +110,8 @@ def test_a_model_out_of_memory_on_every_image_stays_a_model_fault(
     counter = BinCounter.from_artifact(model_artifact, "cpu")
     settings = oom_settings(oom_above_batch=0)
     outcomes: queue.Queue[Outcome] = queue.Queue()
-    pre = Preprocessor(counter.card, ImageLimits.from_settings(settings.worker))
-    with InferencePipeline(counter, pre, PipelineConfig.from_settings(settings.worker),
-                           outcomes.put) as pipeline:
+    pre = Preprocessor(counter.card, ImageLimits.from_settings(settings.inference))
+    with InferencePipeline(counter, pre, _config(settings), outcomes.put) as pipeline:
         for image in _images(sample_dir, 4):
             pipeline.submit(WorkItem(None, None, image=image))
         deadline = time.monotonic() + 30

@@ -38,10 +38,12 @@ from sqlalchemy import Engine, create_engine, text
 
 from core.settings import (
     DatabaseSettings,
+    InferenceSettings,
     KafkaSettings,
     S3Settings,
     ServicesSettings,
     Settings,
+    WorkerSettings,
 )
 from devstack.services import LocalServices, port_open
 from migrations.runner import upgrade
@@ -263,7 +265,8 @@ def _env(sections: dict[str, dict[str, Any]]) -> dict[str, str]:
     # One intra-op thread per worker: several workers share 2 cores with other test runs.
     env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "BINAUDIT_ENVIRONMENT": "test",
                 # the eager reference at batch 16, as in tests/conftest.py (no autotuning)
-                "BINAUDIT_WORKER__BACKEND": "eager", "BINAUDIT_WORKER__MAX_BATCH_SIZE": "16"})
+                "BINAUDIT_INFERENCE__BACKEND": "eager",
+                "BINAUDIT_INFERENCE__MAX_BATCH_SIZE": "16"})
     for section, values in sections.items():
         for key, value in values.items():
             name = f"BINAUDIT_{section.upper()}__{key.upper()}" if section else \
@@ -477,7 +480,13 @@ class Harness:
     def worker(self, name: str, *, topic: str, group: str, kafka: dict[str, Any] | None = None,
                s3_endpoint: str | None = None, log_level: str = "INFO",
                s3: dict[str, Any] | None = None,
-               **worker: Any) -> WorkerProc:
+               **settings: Any) -> WorkerProc:
+        """A ``binaudit worker`` child; each keyword setting goes to its own section
+        (``max_batch_size`` to inference, ``max_in_flight`` to worker, ...)."""
+        inference = {k: v for k, v in settings.items() if k in InferenceSettings.model_fields}
+        worker = {k: v for k, v in settings.items() if k not in inference}
+        unknown = set(worker) - set(WorkerSettings.model_fields)
+        assert not unknown, f"no such inference or worker setting: {sorted(unknown)}"
         sections: dict[str, dict[str, Any]] = {
             "": {"log_level": log_level},
             "kafka": {"bootstrap_servers": self.settings.kafka.bootstrap_servers,
@@ -488,8 +497,9 @@ class Harness:
             "s3": {"endpoint_url": s3_endpoint or self.settings.s3.endpoint_url,
                    "region": "us-east-1", "access_key_id": "testing",
                    "secret_access_key": "testing", **(s3 or {})},
-            "worker": {"model_path": self.model_path, "device": "cpu", "metrics_port": 0,
-                       "retry_backoff_max_s": 2.0, **worker},
+            "inference": {"model": self.model_path, "device": "cpu",
+                          "retry_backoff_max_s": 2.0, **inference},
+            "worker": {"metrics_port": 0, "retry_backoff_max_s": 2.0, **worker},
         }
         log_path = self.log_dir / f"{name}-{len(self.workers)}.log"
         proc = subprocess.Popen([sys.executable, "-m", "binaudit", "worker"], env=_env(sections),

@@ -251,7 +251,7 @@ def test_model_raising_for_30_s(harness: Any, sample_dir: Path, scenario_log: An
         recovered_by="by itself: the batch is retried with backoff (never a dead letter), "
                      "partitions paused, alert raised",
         problems=alert_problems(mw, "model"),
-        notes="`worker.model_fault_flag` (a test hook): while the file exists every forward "
+        notes="`inference.model_fault_flag` (a test hook): while the file exists every forward "
               "pass raises RuntimeError, as CUDA out of memory or a broken artifact would.",
         extra={"fault (flag created → removed), s": f"{back - started:.1f}",
                "failed batch attempts logged": str(log.count("inference failed")),

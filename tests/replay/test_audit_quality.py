@@ -66,8 +66,9 @@ def audited(fresh_database: Callable[..., Any], sample_dir: Path,
         settings = own.model_copy(update={
             "kafka": own.kafka.model_copy(update={"topic": topic, "group_id": f"g-{topic}"}),
             "worker": own.worker.model_copy(update={
-                "model_path": model, "exit_when_idle_s": 2.0, "metrics_port": None,
-                "device": "cpu"})})
+                "exit_when_idle_s": 2.0, "metrics_port": None}),
+            "inference": own.inference.model_copy(update={
+                "model": str(model), "device": "cpu"})})
         truth_path = out / "truth.csv"
         sent = publish(settings, PublishOptions(
             source=sample_dir, topic=topic, create_topic=False, progress=False,
@@ -85,7 +86,7 @@ def audited(fresh_database: Callable[..., Any], sample_dir: Path,
 
 def _cli(a: Audited, *args: str) -> str:
     env = {"BINAUDIT_DB__URL": a.settings.db.url.get_secret_value(),
-           "BINAUDIT_WORKER__DEVICE": "cpu", "BINAUDIT_ENVIRONMENT": "test"}
+           "BINAUDIT_INFERENCE__DEVICE": "cpu", "BINAUDIT_ENVIRONMENT": "test"}
     result = CliRunner().invoke(app, list(args), env=env)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     return result.output

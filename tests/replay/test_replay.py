@@ -160,8 +160,8 @@ def _query(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 def _env(settings: Settings) -> dict[str, str]:
     return {"BINAUDIT_DB__URL": settings.db.url.get_secret_value(),
-            "BINAUDIT_WORKER__DEVICE": "cpu", "BINAUDIT_ENVIRONMENT": "test",
-            "BINAUDIT_WORKER__MATCH_MIN_P": "0", "BINAUDIT_WORKER__MISMATCH_MIN_SCORE": "0"}
+            "BINAUDIT_INFERENCE__DEVICE": "cpu", "BINAUDIT_ENVIRONMENT": "test",
+            "BINAUDIT_INFERENCE__MATCH_MIN_P": "0", "BINAUDIT_INFERENCE__MISMATCH_MIN_SCORE": "0"}
 
 
 def _group_offsets(settings: Settings, group: str) -> dict[Any, int]:
@@ -185,8 +185,9 @@ def test_replay_window_backtests_model_b_without_touching_production(
     settings = own_db.model_copy(update={
         "kafka": own_db.kafka.model_copy(update={"topic": topic, "group_id": group}),
         "worker": own_db.worker.model_copy(update={
-            "model_path": model_a, "exit_when_idle_s": 2.0, "metrics_port": None,
-            "device": "cpu", "max_batch_size": 16,
+            "exit_when_idle_s": 2.0, "metrics_port": None}),
+        "inference": own_db.inference.model_copy(update={
+            "model": str(model_a), "device": "cpu", "max_batch_size": 16,
             # Untrained models: the argmax rule, so verdicts change between A and B.
             "match_min_p": 0.0, "mismatch_min_score": 0.0})})
     sent = publish(settings, PublishOptions(
@@ -304,7 +305,7 @@ def test_replay_records_malformed_events_as_error_rows_and_finishes(
     topic = topic_factory(partitions=1)
     settings = own_db.model_copy(update={
         "kafka": own_db.kafka.model_copy(update={"topic": topic}),
-        "worker": own_db.worker.model_copy(update={"device": "cpu", "backend": "eager"})})
+        "inference": own_db.inference.model_copy(update={"device": "cpu", "backend": "eager"})})
     publish(settings, PublishOptions(
         source=sample_dir, topic=topic, create_topic=False, progress=False,
         plan=EventPlan(bucket=settings.s3.bucket, count=2, start_time=T0)))

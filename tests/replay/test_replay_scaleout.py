@@ -62,7 +62,7 @@ class Replays:
     def __init__(self, settings: Settings, topic: str, logs: Path) -> None:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
                     "BINAUDIT_DB__URL": settings.db.url.get_secret_value(),
-                    "BINAUDIT_WORKER__DEVICE": "cpu", "BINAUDIT_WORKER__BACKEND": "eager",
+                    "BINAUDIT_INFERENCE__DEVICE": "cpu", "BINAUDIT_INFERENCE__BACKEND": "eager",
                     "BINAUDIT_ENVIRONMENT": "test", "COLUMNS": "400"}
         self.args = ["replay", "--model", str(SHIPPED), "--topic", topic,
                      "--from", (T0 + timedelta(minutes=FROM_MIN)).isoformat(),

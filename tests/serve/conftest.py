@@ -17,13 +17,13 @@ from tests.serve.harness import ServerFactory, ServerThread
 @pytest.fixture
 def server_factory(settings_factory: Callable[..., Settings],
                    model_artifact: Path) -> Iterator[ServerFactory]:
-    """``server_factory(serve={...}, worker={...}, load_counter=...)``: a started server."""
+    """``server_factory(serve={...}, inference={...}, load_counter=...)``: a started server."""
     started: list[ServerThread] = []
 
     def make(*, load_counter: Callable[[], BinCounter] | None = None, ready: bool = True,
              **sections: dict[str, Any]) -> ServerThread:
-        sections["worker"] = {"model_path": model_artifact, "device": "cpu",
-                              **sections.get("worker", {})}
+        sections["inference"] = {"model": str(model_artifact), "device": "cpu",
+                                 **sections.get("inference", {})}
         server = ModelServer(settings_factory(**sections), load_counter=load_counter)
         st = ServerThread(server).__enter__()
         started.append(st)

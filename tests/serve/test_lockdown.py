@@ -35,8 +35,8 @@ def test_a_server_without_host_binds_loopback_only(
         settings_factory: Callable[..., Settings], model_artifact: Path) -> None:
     """The old default (0.0.0.0) exposed the model to every interface of the host."""
     server = ModelServer(settings_factory(serve={"port": 0},
-                                          worker={"model_path": model_artifact,
-                                                  "device": "cpu"}))
+                                          inference={"model": str(model_artifact),
+                                                     "device": "cpu"}))
     thread = ServerThread(server)
     thread.thread.start()
     try:

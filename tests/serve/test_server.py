@@ -44,8 +44,8 @@ FIELDS = {"count", "confidence", "probabilities", "scores", "class_counts", "mod
 def reference(model_artifact: Path) -> tuple[BinCounter, Preprocessor]:
     """The worker's inference, used directly: the answer the endpoint must agree with."""
     counter = BinCounter.from_artifact(model_artifact, "cpu")
-    w = Settings(environment="test").worker
-    return counter, Preprocessor(counter.card, ImageLimits(w.max_image_bytes, w.max_image_pixels))
+    return counter, Preprocessor(counter.card, ImageLimits.from_settings(
+        Settings(environment="test").inference))
 
 
 def direct(reference: tuple[BinCounter, Preprocessor], data: bytes) -> Prediction:
@@ -107,7 +107,7 @@ def test_ping_is_503_while_the_model_loads_then_200(
 def test_a_model_that_cannot_load_stops_the_server(settings_factory: Callable[..., Settings],
                                                     tmp_path: Path) -> None:
     settings = settings_factory(serve={"host": "127.0.0.1", "port": 0},
-                                worker={"model_path": tmp_path / "missing", "device": "cpu"})
+                                inference={"model": str(tmp_path / "missing"), "device": "cpu"})
     with pytest.raises(ArtifactError):
         asyncio.run(run_server(ModelServer(settings)))
 
@@ -207,7 +207,7 @@ def test_bad_requests_get_the_right_4xx_and_the_server_keeps_serving(
 def test_a_full_queue_answers_503_with_retry_after(server_factory: ServerFactory,
                                                    sample_dir: Path) -> None:
     st = server_factory(serve={"max_queue": 2, "max_batch_size": 1},
-                        worker={"artificial_delay_s": 0.5})
+                        inference={"artificial_delay_s": 0.5})
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(st.invoke, [jpeg(sample_dir)] * 8))
     codes = sorted(r.status_code for r in responses)
@@ -218,7 +218,7 @@ def test_a_full_queue_answers_503_with_retry_after(server_factory: ServerFactory
 
 
 def test_a_slow_answer_is_a_504(server_factory: ServerFactory, sample_dir: Path) -> None:
-    st = server_factory(serve={"request_timeout_s": 0.3}, worker={"artificial_delay_s": 1.0})
+    st = server_factory(serve={"request_timeout_s": 0.3}, inference={"artificial_delay_s": 1.0})
     resp = st.invoke(jpeg(sample_dir))
     assert resp.status_code == 504 and resp.json()["error"] == "timeout"
 
@@ -230,7 +230,7 @@ def test_json_events_are_fetched_from_s3_and_get_the_workers_verdict(
     bucket, other = bucket_factory("serve"), bucket_factory("serve-denied")
     policy = DecisionPolicy(match_min_p=0.3, mismatch_min_score=0.7)
     st = server_factory(s3={"allowed_buckets": (bucket,)},
-                        worker={"match_min_p": 0.3, "mismatch_min_score": 0.7})
+                        inference={"match_min_p": 0.3, "mismatch_min_score": 0.7})
     counter, _ = reference
     picked = [s for s in samples(sample_dir) if 1 <= s[1] <= 5][:3] + \
         [s for s in samples(sample_dir) if s[1] > 5][:1]
@@ -282,8 +282,8 @@ def test_serve_command_answers_in_flight_requests_on_sigterm_and_exits_0(
         services: Settings, model_artifact: Path, sample_dir: Path, tmp_path: Path,
         wait_for: Callable[..., None]) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BINAUDIT_WORKER__DEVICE": "cpu",
-           "BINAUDIT_WORKER__ARTIFICIAL_DELAY_S": "1.0"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BINAUDIT_INFERENCE__DEVICE": "cpu",
+           "BINAUDIT_INFERENCE__ARTIFICIAL_DELAY_S": "1.0"}
     log_path = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "binaudit", "serve", "--host", "127.0.0.1", "--port", str(port),

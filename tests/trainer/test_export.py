@@ -23,8 +23,8 @@ def exported(model_artifact_factory: Callable[..., Path], sample_dir: Path,
     cache = tmp_path_factory.mktemp("inference-cache")
     result = CliRunner().invoke(app, [
         "model", "export", str(artifact), "--images", str(sample_dir / "images"),
-        "--limit", str(IMAGES)], env={"BINAUDIT_WORKER__INFERENCE_CACHE_DIR": str(cache),
-                                      "BINAUDIT_WORKER__DEVICE": "cpu"})
+        "--limit", str(IMAGES)], env={"BINAUDIT_INFERENCE__INFERENCE_CACHE_DIR": str(cache),
+                                      "BINAUDIT_INFERENCE__DEVICE": "cpu"})
     assert result.exit_code == 0, result.output
     return artifact, result.output
 

@@ -138,8 +138,9 @@ def test_evaluate_replay_and_serve_predict_the_same_for_every_image(
     topic = topic_factory(partitions=2)
     settings = own_db.model_copy(update={
         "kafka": own_db.kafka.model_copy(update={"topic": topic}),
-        "worker": own_db.worker.model_copy(update={"model_path": artifact, "device": "cpu",
-                                                   "metrics_port": None})})
+        "inference": own_db.inference.model_copy(update={"model": str(artifact),
+                                                         "device": "cpu"}),
+        "worker": own_db.worker.model_copy(update={"metrics_port": None})})
     source = tmp_path / "subset"
     (source / "images").mkdir(parents=True)
     with open(source / "labels.csv", "w", newline="") as fh:

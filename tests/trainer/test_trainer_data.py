@@ -11,6 +11,8 @@ import pytest
 
 from trainer.data import (
     DataError,
+    build_manifest,
+    entries_from_dirs,
     parse_classes,
     read_file_list,
     read_manifest,
@@ -96,3 +98,34 @@ def test_file_list_against_sample_reports_missing(cli: Any, sample_dir: Path,
         return
     manifest = read_manifest(out)
     assert len(manifest.missing) > 10_000 - len(manifest.items)
+
+
+def _folder(root: Path, header: str, rows: list[str]) -> Path:
+    root.mkdir(parents=True)
+    (root / "images").mkdir()
+    for row in rows:
+        (root / "images" / f"{row.split(',')[0]}.jpg").write_bytes(b"jpeg")
+    (root / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
+def test_reviewed_labels_override_the_dataset_and_are_counted(tmp_path: Path) -> None:
+    """Bins from the auditors' export are marked reviewed, their reviewed count wins over the
+    dataset's label for the same image, and the manifest says how many it trains on."""
+    ids = [f"{i:05d}" for i in range(30)]
+    dataset = _folder(tmp_path / "sample", "id,image_path,expected_quantity",
+                      [f"{i},images/{i}.jpg,{1 + n % 5}" for n, i in enumerate(ids)])
+    reviewed = _folder(
+        tmp_path / "reviewed",
+        "id,image_path,expected_quantity,image_uri,bin_id,event_id,discrepancy_id,"
+        "review_state,predicted_quantity,model_version,reviewer,reviewed_at",
+        [f"{i},images/{i}.jpg,5,s3://b/{i}.jpg,{i},e{i},{n},confirmed,2,v,ann,2026-12-04"
+         for n, i in enumerate(ids[:4])])
+    entries = entries_from_dirs([dataset, reviewed])
+    assert [e.reviewed for e in entries].count(True) == 4
+    manifest = build_manifest(entries, dataset, classes=[1, 2, 3, 4, 5], seed=0)
+    by_id = {it.id: it for it in manifest.items}
+    assert all(by_id[i].count == 5 and by_id[i].reviewed for i in ids[:4])
+    assert not any(by_id[i].reviewed for i in ids[4:])
+    assert manifest.reviewed_bins() == sum(
+        1 for i in ids[:4] if by_id[i].split in ("train", "val"))

@@ -45,9 +45,9 @@ def test_healthz_stays_200_and_readyz_503_while_postgres_is_down(
                                      progress=False))
     wp = worker_process_factory(
         "health", kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": model_artifact, "device": "cpu", "max_batch_size": 4,
-                "artificial_delay_s": 0.05, "health_stall_s": STALL_S,
-                "retry_backoff_max_s": 1.0, "health_ping_s": 1.0})
+        inference={"model": model_artifact, "device": "cpu", "max_batch_size": 4,
+                   "artificial_delay_s": 0.05},
+        worker={"health_stall_s": STALL_S, "retry_backoff_max_s": 1.0, "health_ping_s": 1.0})
     wait_for(lambda: re.search(r"health on :(\d+)", wp.log()) is not None, 120, "the port")
     match = re.search(r"health on :(\d+)", wp.log())
     assert match is not None

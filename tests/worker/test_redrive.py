@@ -28,8 +28,8 @@ def own_bucket_settings(settings_factory: Callable[..., Settings],
     return settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
         s3={"bucket": bucket, "allowed_buckets": (bucket,)},
-        worker={"model_path": model_artifact, "exit_when_idle_s": 1.0, "metrics_port": None,
-                "device": "cpu"})
+        inference={"model": str(model_artifact), "device": "cpu"},
+        worker={"exit_when_idle_s": 1.0, "metrics_port": None})
 
 
 def _cli(settings: Settings, *args: str) -> Any:

@@ -84,7 +84,8 @@ def test_secrets_never_reach_a_debug_log(
         s3={"access_key_id": secrets["s3_key_id"],
             "secret_access_key": secrets["s3_secret"]},
         db={"url": db_url},
-        worker={"model_path": model_artifact, "device": "cpu", "exit_when_idle_s": 3.0})
+        inference={"model": model_artifact, "device": "cpu"},
+        worker={"exit_when_idle_s": 3.0})
     assert wp.wait(timeout=240) == 0, wp.log()[-3000:]
     log = wp.log()
     assert " DEBUG " in log, "the worker did not log at DEBUG: the check below would be vacuous"
@@ -118,8 +119,8 @@ def test_bucket_allow_list_refuses_without_a_request(
     topic = topic_factory(partitions=1)
     settings = settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": model_artifact, "exit_when_idle_s": 3.0, "metrics_port": None,
-                "device": "cpu"})
+        inference={"model": str(model_artifact), "device": "cpu"},
+        worker={"exit_when_idle_s": 3.0, "metrics_port": None})
     other = bucket_factory("not-allowed")
     secret_key = f"secret-{uuid.uuid4().hex}.jpg"
     s3_client.put_object(Bucket=other, Key=secret_key,
@@ -214,8 +215,6 @@ def test_postgres_sslmode_require_is_enforced_by_libpq(services: Settings) -> No
     cfg = services.db.model_copy(update={"sslmode": "require"})
     with ResultSink(cfg) as sink, pytest.raises(SinkUnavailable, match="SSL"):
         sink.write(WriteBatch())
-        sink.register_model(version="never", architecture="x", artifact_uri="x", card={},
-                            metrics={})
 
 
 def test_s3_client_gets_settings_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,9 +27,9 @@ def test_gpu_backend_without_gpu_falls_back_to_eager_and_processes_events(
     topic = topic_factory(partitions=1)
     settings = settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": model_artifact, "exit_when_idle_s": 3.0, "metrics_port": None,
-                "device": "cpu", "backend": backend, "max_batch_size": 4,
-                "inference_cache_dir": tmp_path, "tune_seconds": 0.1})
+        inference={"model": str(model_artifact), "device": "cpu", "backend": backend,
+                   "max_batch_size": 4, "inference_cache_dir": tmp_path, "tune_seconds": 0.1},
+        worker={"exit_when_idle_s": 3.0, "metrics_port": None})
     plan = EventPlan(bucket=settings.s3.bucket, count=12)
     publish(settings, PublishOptions(source=sample_dir, topic=topic, plan=plan,
                                      create_topic=False, progress=False))

@@ -31,8 +31,8 @@ def one_partition(settings_factory: Callable[..., Settings], topic_factory: Call
     topic = topic_factory(partitions=1)
     return settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": model_artifact, "exit_when_idle_s": 2.0, "metrics_port": None,
-                "device": "cpu"})
+        inference={"model": str(model_artifact), "device": "cpu"},
+        worker={"exit_when_idle_s": 2.0, "metrics_port": None})
 
 
 def publish_sample(settings: Settings, sample_dir: Path, count: int) -> PublishReport:
@@ -76,8 +76,8 @@ def test_a_huge_key_with_a_dlq_topic_is_truncated_and_the_partition_moves_on(
     wp = worker_process_factory(
         "huge-key", kafka={"topic": settings.kafka.topic, "group_id": settings.kafka.group_id,
                            "dlq_topic": dlq},
-        worker={"model_path": settings.worker.model_path, "device": "cpu",
-                "exit_when_idle_s": 2.0})
+        inference={"model": settings.inference.model, "device": "cpu"},
+        worker={"exit_when_idle_s": 2.0})
     assert wp.wait(timeout=180) == 0, wp.log()[-3000:]
 
     assert committed(settings) == 2 + report.valid

@@ -39,10 +39,10 @@ def worker_settings(settings_factory: Callable[..., Settings], topic_factory: Ca
     topic = topic_factory(partitions=3)
     return settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
-        worker={"model_path": model_artifact, "exit_when_idle_s": 3.0, "metrics_port": None,
-                "device": "cpu", "max_batch_size": 16,
-                # The untrained fixture model: the argmax rule, so mismatches exist.
-                "match_min_p": 0.0, "mismatch_min_score": 0.0},
+        inference={"model": str(model_artifact), "device": "cpu", "max_batch_size": 16,
+                   # The untrained fixture model: the argmax rule, so mismatches exist.
+                   "match_min_p": 0.0, "mismatch_min_score": 0.0},
+        worker={"exit_when_idle_s": 3.0, "metrics_port": None},
     )
 
 
@@ -119,8 +119,9 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     report = publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
     env = {"kafka": {"topic": worker_settings.kafka.topic,
                      "group_id": worker_settings.kafka.group_id},
-           "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
-                      "max_batch_size": 4, "artificial_delay_s": 0.1}}
+           "inference": {"model": worker_settings.inference.model, "device": "cpu",
+                         "max_batch_size": 4, "artificial_delay_s": 0.1},
+           "worker": {}}
     first = worker_process_factory("victim", **env)
     wait_for(lambda: verdict_rows() >= 60, 120, "the first rows")
     os.kill(first.proc.pid, signal.SIGKILL)
@@ -128,7 +129,8 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     written_at_kill = verdict_rows()
     assert written_at_kill < 350, "the kill came too late to test anything"
 
-    env["worker"] |= {"exit_when_idle_s": 3.0, "artificial_delay_s": 0.0}
+    env["worker"] |= {"exit_when_idle_s": 3.0}
+    env["inference"] |= {"artificial_delay_s": 0.0}
     second = worker_process_factory("restarted", **env)
     assert second.wait(timeout=240) == 0, second.log()[-3000:]
 
@@ -147,9 +149,9 @@ def test_postgres_outage_pauses_then_recovers_without_loss(
     wp = worker_process_factory(
         "pg-outage",
         kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id},
-        worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
-                "max_batch_size": 4, "artificial_delay_s": 0.05, "exit_when_idle_s": 5.0,
-                "retry_backoff_max_s": 2.0})
+        inference={"model": worker_settings.inference.model, "device": "cpu",
+                   "max_batch_size": 4, "artificial_delay_s": 0.05},
+        worker={"exit_when_idle_s": 5.0, "retry_backoff_max_s": 2.0})
     try:
         wait_for(lambda: verdict_rows() >= 20, 120, "the first rows")
         supervisor.down(only=("postgres",))
@@ -171,12 +173,12 @@ def test_two_workers_one_killed_the_other_finishes_every_partition(
     publish_sample(worker_settings, sample_dir, worker_settings.kafka.topic)
     env = {"kafka": {"topic": worker_settings.kafka.topic,
                      "group_id": worker_settings.kafka.group_id},
-           "worker": {"model_path": worker_settings.worker.model_path, "device": "cpu",
-                      "max_batch_size": 4, "artificial_delay_s": 0.1,
-                      # Short on purpose: idle means no committed lag on any partition of
-                      # the topic, so the survivor waits for the victim's partitions however
-                      # long the rebalance takes (it once exited at 134 of 350 rows).
-                      "exit_when_idle_s": 1.0}}
+           "inference": {"model": worker_settings.inference.model, "device": "cpu",
+                         "max_batch_size": 4, "artificial_delay_s": 0.1},
+           # Short on purpose: idle means no committed lag on any partition of the topic, so
+           # the survivor waits for the victim's partitions however long the rebalance takes
+           # (it once exited at 134 of 350 rows).
+           "worker": {"exit_when_idle_s": 1.0}}
     survivor = worker_process_factory("survivor", **env)
     victim = worker_process_factory("victim", **env)
     wait_for(lambda: verdict_rows() >= 40, 120, "both workers writing")
@@ -196,8 +198,8 @@ def test_sigterm_drains_and_exits_zero(
     wp = worker_process_factory(
         "sigterm",
         kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id},
-        worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
-                "max_batch_size": 4, "artificial_delay_s": 0.1})
+        inference={"model": worker_settings.inference.model, "device": "cpu",
+                   "max_batch_size": 4, "artificial_delay_s": 0.1})
     wait_for(lambda: verdict_rows() >= 20, 120, "the first rows")
     wp.proc.send_signal(signal.SIGTERM)
     assert wp.wait(timeout=60) == 0, wp.log()[-3000:]
@@ -221,9 +223,9 @@ def test_a_drain_longer_than_max_poll_interval_still_commits(
         kafka={"topic": worker_settings.kafka.topic, "group_id": worker_settings.kafka.group_id,
                "max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
                "heartbeat_interval_ms": 2000},
-        worker={"model_path": worker_settings.worker.model_path, "device": "cpu",
-                "max_batch_size": 16, "max_wait_ms": 500, "artificial_delay_s": 8.0,
-                "shutdown_deadline_s": 90})
+        inference={"model": worker_settings.inference.model, "device": "cpu",
+                   "max_batch_size": 16, "max_wait_ms": 500, "artificial_delay_s": 8.0},
+        worker={"shutdown_deadline_s": 90})
     # The first poll took all 40; 24 are still queued behind the first 8 s batch.
     wait_for(lambda: verdict_rows() >= 16, 120, "the first batch")
     wp.proc.send_signal(signal.SIGTERM)

@@ -129,8 +129,9 @@ def test_fuzzed_records_each_end_as_one_verdict_or_dead_letter(
     wp = worker_process_factory(
         "fuzz", kafka={"topic": topic, "group_id": group},
         s3={"bucket": bucket, "allowed_buckets": json.dumps([bucket])},
-        worker={"model_path": model_artifact, "device": "cpu", "backend": "eager",
-                "max_batch_size": 8, "exit_when_idle_s": 3.0})
+        inference={"model": model_artifact, "device": "cpu", "backend": "eager",
+                   "max_batch_size": 8},
+        worker={"exit_when_idle_s": 3.0})
     assert wp.wait(timeout=300) == 0, wp.log()[-4000:]
 
     verdicts = rows(clean_db, 'SELECT "partition", "offset", event_id FROM audit_results '
@@ -167,8 +168,9 @@ def test_an_unexpected_exception_for_one_record_is_its_dead_letter(
     settings = settings_factory(
         kafka={"topic": topic, "group_id": f"g-{topic}"},
         s3={"bucket": bucket, "allowed_buckets": (bucket,)},
-        worker={"model_path": model_artifact, "device": "cpu", "backend": "eager",
-                "exit_when_idle_s": 2.0, "metrics_port": None, "max_batch_size": 4})
+        inference={"model": str(model_artifact), "device": "cpu", "backend": "eager",
+                   "max_batch_size": 4},
+        worker={"exit_when_idle_s": 2.0, "metrics_port": None})
     real_decode, real_verdicts = worker_app.decode_event, worker_app.verdict_records
 
     def decode(raw: bytes, **kw: Any) -> Any:

@@ -60,9 +60,9 @@ def test_one_denied_object_is_a_dead_letter_and_its_partition_commits_to_the_end
         wp = worker_process_factory(
             "denied", kafka={"topic": topic, "group_id": group},
             s3={"allowed_buckets": json.dumps([bucket]), "object_denied_attempts": 2, **key},
-            worker={"model_path": model_artifact, "device": "cpu", "max_batch_size": 8,
-                    "exit_when_idle_s": 3.0, "retry_backoff_initial_s": 0.1,
-                    "retry_backoff_max_s": 0.5})
+            inference={"model": model_artifact, "device": "cpu", "max_batch_size": 8,
+                       "retry_backoff_initial_s": 0.1, "retry_backoff_max_s": 0.5},
+            worker={"exit_when_idle_s": 3.0})
         code = wp.wait(timeout=180)
     assert code == 0, wp.log()[-3000:]
 

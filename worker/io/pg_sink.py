@@ -4,6 +4,8 @@
 makes a replayed batch (after a crash between the write and the offset commit) a no-op.
 A verdict that was not inserted because another *different* event holds its event id becomes
 a ``duplicate_event_id`` dead letter in the same transaction (``worker/io/duplicates.py``).
+The shadow model's verdicts (``shadow_results``, idempotent on (event_id, model_version)) ride
+in the same transaction; they never hold an offset back and never reach the auditors' tables.
 A lost connection raises ``SinkUnavailable``: the worker pauses, retries, and commits nothing.
 """
 
@@ -20,7 +22,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core.db import make_engine
 from core.settings import DatabaseSettings
-from core.tables import audit_results, dead_letters, discrepancies, model_versions
+from core.tables import (
+    audit_results,
+    dead_letters,
+    discrepancies,
+    shadow_results,
+)
+from inference.outcomes import ShadowVerdict
 from schemas.records import AuditVerdict, DeadLetterRecord, DiscrepancyRecord, VerdictStatus
 from worker.io.duplicates import (
     Position,
@@ -44,6 +52,8 @@ class WriteBatch:
     verdicts: list[AuditVerdict] = field(default_factory=list)
     discrepancies: list[DiscrepancyRecord] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    # The shadow model's verdicts: written along, never waited for by an offset.
+    shadow: list[ShadowVerdict] = field(default_factory=list)
     # The raw records (key, payload, re-drive count) by position, for dead letters made here.
     sources: dict[Position, RecordSource] = field(default_factory=dict)
 
@@ -130,6 +140,10 @@ class ResultSink:
                     conn.execute(insert(dead_letters).on_conflict_do_nothing(
                         index_elements=["topic", "partition", "offset"]),
                         _letter_rows(letters, source))
+                if batch.shadow:
+                    conn.execute(insert(shadow_results).on_conflict_do_nothing(
+                        index_elements=["event_id", "model_version"]),
+                        [v.row() for v in batch.shadow])
             return result
         except OperationalError as exc:
             raise SinkUnavailable(str(exc.orig).strip()) from exc
@@ -180,15 +194,3 @@ class ResultSink:
             log.warning("postgres unavailable (%s): not ready", str(exc.orig).strip())
             return False
         return True
-
-    def register_model(self, *, version: str, architecture: str, artifact_uri: str,
-                       card: dict[str, Any], metrics: dict[str, Any]) -> None:
-        """Record the model version the worker runs (idempotent)."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(model_versions).on_conflict_do_nothing(), {
-                    "version": version, "architecture": architecture,
-                    "artifact_uri": artifact_uri, "card": card, "metrics": metrics,
-                })
-        except OperationalError as exc:
-            raise SinkUnavailable(str(exc.orig).strip()) from exc

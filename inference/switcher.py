@@ -1,0 +1,427 @@
+"""Which models a process runs, and switching them without a restart.
+
+:func:`load_initial` decides at start-up. Pinned (``inference.follow_registry`` off): the
+configured ``inference.model``, nothing else. Following the registry: the deployment's
+production version (``core.registry``), downloaded and checksum-verified into
+``inference.artifact_cache_dir`` when it lives on S3; a deployment without one yet gets the
+configured model, registered and made production (the first process records what it runs).
+The deployment's shadow version runs next to it when ``inference.run_shadow`` allows and it
+reads the same pixels as production (same input size, normalisation and decode policy): the
+shadow runs on production's decoded batches.
+
+Loading a model is always the same steps: resolve the artifact, open it on its backend
+(``inference.autotune.open_counter``, autotune cache included), warm it up and verify it (a
+forward pass of a zero batch gives finite probabilities summing to 1 per row).
+
+:class:`ModelWatcher` follows the registry in a daemon thread: ``LISTEN`` on the stage
+channel, with a poll every ``inference.registry_poll_s`` as the fallback. When the
+deployment's (production, shadow) versions change it loads the new set in the background
+while the old one keeps serving, then offers it (:meth:`ModelWatcher.take_ready`); the owner
+switches (``InferencePipeline.swap``). A failed load keeps the old models, raises
+``binaudit_model_swap_failures_total`` and is retried on the next notification or after
+``RETRY_POLLS`` polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from core.artifacts import is_s3, resolve, tree_sha256
+from core.db import make_engine
+from core.model.card import ArtifactError, DecisionPolicy, ModelCard
+from core.registry import (
+    DeploymentModels,
+    ModelRef,
+    StageListener,
+    bootstrap_production,
+    deployment_models,
+    register_version,
+)
+from core.settings import DatabaseSettings, InferenceSettings, S3Settings
+from inference.autotune import open_counter
+from inference.compare import policy_for
+from inference.counter import BinCounter
+from inference.metrics import PipelineMetrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A failed load is retried after this many polls without a notification.
+RETRY_POLLS = 3
+# The card fields the Preprocessor reads: a shadow must agree on all of them.
+PREPROCESSING_FIELDS = ("input_size", "mean", "std", "decode")
+# The listener's wait is sliced so that the watcher notices a stop request; no shorter than
+# the listener's own pause after a lost connection (5 s), so an outage is not logged hotter.
+_WAKE_S = 5.0
+
+
+class ModelLoadError(ArtifactError):
+    """A model could not be resolved, loaded or verified (an ArtifactError: the CLI's
+    message for a broken artifact covers it)."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry (Postgres) cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models one process runs: production, an optional shadow, and their policies."""
+
+    deployment: str
+    production: BinCounter
+    policy: DecisionPolicy
+    shadow: BinCounter | None = None
+    shadow_policy: DecisionPolicy | None = None
+    # The registry's (production, shadow) versions this set answers; for a pinned set,
+    # (its version, None).
+    wanted: tuple[str | None, str | None] = (None, None)
+    follows_registry: bool = False
+    # The deployment's shadow could not be loaded (retried); an incompatible one is not.
+    shadow_failed: bool = False
+
+    @property
+    def versions(self) -> tuple[str, str | None]:
+        return self.production.version, self.shadow.version if self.shadow else None
+
+    def describe(self) -> str:
+        shadow = f" (shadow {self.shadow.version})" if self.shadow else ""
+        return f"production {self.production.version}{shadow}"
+
+    def policy_of(self, version: str) -> DecisionPolicy | None:
+        """The decision policy of ``version`` if it is one of this set's models."""
+        if version == self.production.version:
+            return self.policy
+        if self.shadow is not None and version == self.shadow.version:
+            return self.shadow_policy
+        return None
+
+    @classmethod
+    def pinned(cls, counter: BinCounter, *, deployment: str,
+               inference: InferenceSettings) -> ModelSet:
+        """A set of one configured model that never follows the registry."""
+        return cls(deployment=deployment, production=counter,
+                   policy=policy_for(counter.card, inference), wanted=(counter.version, None))
+
+
+# ---- loading one model ----------------------------------------------------------------------
+
+def verify(counter: BinCounter) -> None:
+    """A zero batch gives, per row, finite probabilities over the card's classes summing to 1."""
+    card = counter.card
+    if not card.class_counts:
+        raise ModelLoadError(f"{card.version}: the card names no classes")
+    side = card.input_size
+    for row in counter.infer(torch.zeros(2, 3, side, side)):
+        probs = list(row.probabilities.values())
+        if len(probs) != len(card.class_counts) or not all(math.isfinite(p) for p in probs) \
+                or abs(sum(probs) - 1.0) > 1e-3:
+            raise ModelLoadError(f"{card.version}: a zero batch gives probabilities {probs}, "
+                                 "not a distribution over the card's classes")
+
+
+def load_counter(inference: InferenceSettings, path: Path) -> BinCounter:
+    """Open ``path`` on its backend (autotuned or pinned), warm it up and verify it."""
+    try:
+        counter = open_counter(inference, path)
+        warm = counter.warm_up()
+        verify(counter)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a broken artifact raises: a failed load
+        raise ModelLoadError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    log.info("model %s loaded, verified and warmed up in %.2fs (%s)", counter.version, warm,
+             counter.backend_name)
+    return counter
+
+
+def preprocessing_differences(production: ModelCard, shadow: ModelCard) -> list[str]:
+    """The preprocessing fields on which two cards disagree (empty: same pixels)."""
+    return [f"{name} {getattr(shadow, name)!r} != {getattr(production, name)!r}"
+            for name in PREPROCESSING_FIELDS if getattr(shadow, name) != getattr(production, name)]
+
+
+class ModelLoader:
+    """Turns registry references into loaded, verified counters and whole model sets."""
+
+    def __init__(self, inference: InferenceSettings, *, s3: S3Settings, deployment: str,
+                 metrics: PipelineMetrics | None = None) -> None:
+        self.inference = inference
+        self.s3 = s3
+        self.deployment = deployment
+        self.metrics = metrics or PipelineMetrics.disabled()
+
+    def artifact(self, uri: str, sha256: str | None) -> Path:
+        try:
+            return resolve(uri, sha256=sha256, cache_dir=self.inference.artifact_cache_dir,
+                           s3=self.s3)
+        except Exception as exc:  # noqa: BLE001 - missing, mismatched, S3 denied/unreachable
+            raise ModelLoadError(f"artifact {uri}: {type(exc).__name__}: {exc}") from exc
+
+    def load_ref(self, ref: ModelRef) -> BinCounter:
+        counter = load_counter(self.inference, self.artifact(ref.artifact_uri, ref.sha256))
+        if counter.version != ref.version:
+            raise ModelLoadError(f"{ref.artifact_uri} holds version {counter.version}, the "
+                                 f"registry says {ref.version}")
+        return counter
+
+    def build(self, models: DeploymentModels, *, reuse: ModelSet | None = None) -> ModelSet:
+        """The set the registry names; counters already loaded in ``reuse`` are reused (a
+        promoted shadow becomes production without a second load). Raises ModelLoadError when
+        production cannot be loaded; a shadow that cannot is left out (and counted)."""
+        if models.production is None:
+            raise ModelLoadError(f"deployment {self.deployment} has no production version")
+        loaded = {c.version: c for c in (reuse.production, reuse.shadow) if c} if reuse else {}
+        production = loaded.get(models.production.version) or self.load_ref(models.production)
+        shadow, failed = None, False
+        ref = models.shadow
+        if ref is not None and self.inference.run_shadow:
+            try:
+                candidate = loaded.get(ref.version) or self.load_ref(ref)
+            except ModelLoadError as exc:
+                failed = True
+                self.metrics.model_swap_failures.labels(self.deployment, "shadow").inc()
+                log.error("ALERT shadow %s of %s cannot be loaded (%s): running production "
+                          "alone; retried later", ref.version, self.deployment, exc)
+            else:
+                shadow = self._compatible(production, candidate)
+        return ModelSet(
+            deployment=self.deployment, production=production,
+            policy=policy_for(production.card, self.inference), shadow=shadow,
+            shadow_policy=policy_for(shadow.card, self.inference) if shadow else None,
+            wanted=models.versions(), follows_registry=True, shadow_failed=failed)
+
+    def _compatible(self, production: BinCounter, shadow: BinCounter) -> BinCounter | None:
+        problems = preprocessing_differences(production.card, shadow.card)
+        if not problems:
+            return shadow
+        self.metrics.shadow_incompatible.labels(self.deployment).inc()
+        log.error("shadow %s of %s is not run: it reads other pixels than production %s "
+                  "(%s); it runs on production's decoded batches", shadow.version,
+                  self.deployment, production.version, "; ".join(problems))
+        return None
+
+
+# ---- start-up -------------------------------------------------------------------------------
+
+def registry_engine(db: DatabaseSettings) -> Engine:
+    """A small engine for registry reads (a few queries a minute)."""
+    return make_engine(db, poolclass=NullPool, connect_args={"connect_timeout": 5})
+
+
+def _registry(engine: Engine, deployment: str) -> DeploymentModels:
+    try:
+        with engine.connect() as conn:
+            return deployment_models(conn, deployment)
+    except DBAPIError as exc:
+        raise RegistryUnavailable(str(exc.orig).strip()) from exc
+
+
+def record_version(engine: Engine, counter: BinCounter, *, artifact_uri: str,
+                   sha256: str | None, deployment: str | None = None,
+                   actor: str = "binaudit") -> None:
+    """Register ``counter``'s version (idempotent) and, given a deployment without a
+    production version, make it production (the first process records what it runs)."""
+    card = counter.card
+    try:
+        with engine.begin() as conn:
+            register_version(conn, version=card.version, architecture=card.architecture,
+                             artifact_uri=artifact_uri, card=card.model_dump(mode="json"),
+                             metrics=dict(card.metrics), sha256=sha256)
+            if deployment is not None and bootstrap_production(
+                    conn, deployment=deployment, version=card.version, actor=actor):
+                log.info("deployment %s had no production version: %s recorded as production",
+                         deployment, card.version)
+    except DBAPIError as exc:
+        raise RegistryUnavailable(str(exc.orig).strip()) from exc
+
+
+def configured_uri(inference: InferenceSettings, path: Path) -> str:
+    """How the configured model is named in the registry: its S3 URI, else its full path."""
+    return inference.model if is_s3(inference.model) else str(path.resolve())
+
+
+def default_actor(front_end: str) -> str:
+    return f"{front_end}@{socket.gethostname()}"
+
+
+def retrying(step: Callable[[], T], on_unavailable: Callable[[RegistryUnavailable], None] | None
+              ) -> T:
+    """``step()``, called again after ``on_unavailable`` (the caller's backoff) for as long
+    as the registry is down; without ``on_unavailable`` the outage is raised."""
+    while True:
+        try:
+            return step()
+        except RegistryUnavailable as exc:
+            if on_unavailable is None:
+                raise
+            on_unavailable(exc)
+
+
+def load_initial(inference: InferenceSettings, *, db: DatabaseSettings, s3: S3Settings,
+                 deployment: str, metrics: PipelineMetrics | None = None,
+                 actor: str | None = None,
+                 on_unavailable: Callable[[RegistryUnavailable], None] | None = None
+                 ) -> ModelSet:
+    """The models to start with (see the module's docstring). Raises ModelLoadError when
+    production cannot be loaded; while Postgres is down, ``on_unavailable`` is called (it
+    waits) and the registry step retried (without it, RegistryUnavailable is raised)."""
+    loader = ModelLoader(inference, s3=s3, deployment=deployment, metrics=metrics)
+    actor = actor or default_actor("binaudit")
+    engine = registry_engine(db)
+    try:
+        def configured(bootstrap: str | None) -> BinCounter:
+            path = loader.artifact(inference.model, None)
+            counter = load_counter(inference, path)
+            checksum = tree_sha256(path)
+            retrying(lambda: record_version(
+                engine, counter, artifact_uri=configured_uri(inference, path), sha256=checksum,
+                deployment=bootstrap, actor=actor), on_unavailable)
+            return counter
+
+        if not inference.follow_registry:
+            return ModelSet.pinned(configured(None), deployment=deployment, inference=inference)
+        models = retrying(lambda: _registry(engine, deployment), on_unavailable)
+        if models.production is not None:
+            return loader.build(models)
+        counter = configured(deployment)
+        models = retrying(lambda: _registry(engine, deployment), on_unavailable)
+        # Another process may have bootstrapped first: then its choice runs here too.
+        return loader.build(models, reuse=ModelSet.pinned(counter, deployment=deployment,
+                                                          inference=inference))
+    finally:
+        engine.dispose()
+
+
+# ---- following the registry -----------------------------------------------------------------
+
+class ModelWatcher:
+    """Follows the deployment's stages in a daemon thread and prepares the next model set.
+
+    ``with ModelWatcher(...) as watcher:`` starts it; each turn of the owner's loop calls
+    :meth:`take_ready` (non-blocking) and switches to the set it returns, if any. The watcher
+    assumes the owner switches to every set it takes.
+    """
+
+    def __init__(self, loader: ModelLoader, db: DatabaseSettings, current: ModelSet, *,
+                 poll_s: float, retry_polls: int = RETRY_POLLS) -> None:
+        self.loader = loader
+        self.db = db
+        self.poll_s = poll_s
+        self.retry_polls = retry_polls
+        self._current = current
+        self._ready: ModelSet | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed: tuple[str | None, str | None] | None = None  # versions that failed
+        self._polls_since_failure = 0
+        self.checks = 0  # registry reads so far (tests wait on it)
+
+    @property
+    def deployment(self) -> str:
+        return self.loader.deployment
+
+    def __enter__(self) -> ModelWatcher:
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            # The thread notices the stop within one slice of its wait, or after a load in
+            # progress; it is a daemon and offers nothing anyone takes, so it is not waited
+            # for long (a stuck download never holds the process).
+            self._thread.join(timeout=1.0)
+
+    def take_ready(self) -> ModelSet | None:
+        """The next set to switch to, once (None: keep running what runs)."""
+        with self._lock:
+            ready, self._ready = self._ready, None
+            return ready
+
+    def _run(self) -> None:
+        engine = registry_engine(self.db)
+        try:
+            with StageListener(self.db) as listener:
+                listener.wait(0)  # LISTEN before the first read: no promotion falls between
+                next_poll = 0.0
+                while not self._stop.is_set():
+                    notified = False
+                    if time.monotonic() < next_poll:
+                        notified = self.deployment in listener.wait(
+                            min(_WAKE_S, next_poll - time.monotonic()))
+                        if self._stop.is_set():
+                            break
+                    if notified or time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + self.poll_s
+                        try:
+                            self.check(engine, notified=notified)
+                        except Exception:  # noqa: BLE001 - a bug here must not end the watch
+                            log.exception("model watcher of %s: unexpected error; the running "
+                                          "models stay, next check in %.0fs", self.deployment,
+                                          self.poll_s)
+        finally:
+            engine.dispose()
+
+    def check(self, engine: Engine, *, notified: bool) -> None:
+        """Read the registry once and, when it names other versions, prepare them."""
+        try:
+            models = _registry(engine, self.deployment)
+        except RegistryUnavailable as exc:
+            log.warning("registry unreachable (%s); the running models stay", exc)
+            return
+        finally:
+            self.checks += 1
+        want = models.versions()
+        current = self._current
+        if want == current.wanted and not current.shadow_failed:
+            self._failed = None
+            return
+        if models.production is None:
+            log.warning("deployment %s has no production version in the registry; %s keeps "
+                        "running", self.deployment, current.describe())
+            return
+        if self._failed == want and not notified:
+            self._polls_since_failure += 1
+            if self._polls_since_failure < self.retry_polls:
+                return
+        self._load(models, want)
+
+    def _load(self, models: DeploymentModels, want: tuple[str | None, str | None]) -> None:
+        current = self._current
+        log.info("deployment %s: registry names production %s, shadow %s; loading them while "
+                 "%s keeps running", self.deployment, want[0], want[1] or "none",
+                 current.describe())
+        try:
+            ready = self.loader.build(models, reuse=current)
+        except ModelLoadError as exc:
+            self._failed, self._polls_since_failure = want, 0
+            self.loader.metrics.model_swap_failures.labels(self.deployment, "production").inc()
+            log.error("ALERT model switch of %s failed: %s; %s keeps running (retried on the "
+                      "next promotion notice or in %d polls)", self.deployment, exc,
+                      current.describe(), self.retry_polls)
+            return
+        self._failed, self._polls_since_failure = (want, 0) if ready.shadow_failed else (None, 0)
+        if ready.versions == current.versions and ready.wanted == current.wanted \
+                and ready.shadow_failed == current.shadow_failed:
+            return  # a retry that changed nothing (the shadow still fails)
+        self._current = ready
+        with self._lock:
+            self._ready = ready
+        log.info("deployment %s: %s ready to switch to", self.deployment, ready.describe())
