@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -38,6 +40,15 @@ def usable_cores() -> int:
 def load_average() -> tuple[float, float, float]:
     one, five, fifteen = os.getloadavg()
     return round(one, 2), round(five, 2), round(fifteen, 2)
+
+
+def write_result(out: Path, result: dict[str, Any], markdown: str) -> None:
+    """``OUT.json`` (the numbers) and ``OUT.md`` (the table people read), and the table on
+    stdout: what every single-purpose bench module leaves behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
 
 
 def machine_info(device: str) -> dict[str, Any]:

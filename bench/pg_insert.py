@@ -15,7 +15,6 @@ run that starts above ``--max-load`` (1-minute load) is marked busy and gets no 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.env import Rate, load_average, machine_info
+from bench.env import Rate, load_average, machine_info, write_result
 from core.settings import Settings
 from schemas.records import AuditVerdict, VerdictStatus
 from worker.io.pg_sink import ResultSink, WriteBatch
@@ -199,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         else measured["rates"][str(headline)]["median"],
         **measured,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render_md(result))
-    print(render_md(result))
+    write_result(args.out, result, render_md(result))
     return 0
 
 

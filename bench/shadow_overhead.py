@@ -17,7 +17,6 @@ marked busy and its ratio is not to be used.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -31,7 +30,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from bench.backends import backend_counter
-from bench.env import load_average, machine_info
+from bench.env import load_average, machine_info, write_result
 from bench.samples import sample_images
 from core.model.card import CARD_FILE, read_card
 from core.model.preprocess import ImageLimits, Preprocessor
@@ -170,10 +169,7 @@ def main(argv: list[str] | None = None) -> None:
               "repeats": args.repeats, "queue_batches": args.queue_batches, **measured,
               "load_start": start, "load_end": end, "busy": start[0] > args.max_load,
               "machine": machine_info("cpu") | {"load_average_at_end": end}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ starts above ``--max-load`` is marked busy and its ratio is not to be used.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.backends import backend_counter, measure_configs
-from bench.env import load_average, machine_info
+from bench.env import load_average, machine_info, write_result
 from core.model.card import CARD_FILE, read_card
 from inference.backends import BackendUnavailable
 from inference.counter import BinCounter
@@ -103,10 +102,7 @@ def main(argv: list[str] | None = None) -> None:
               "min_seconds": args.min_seconds, "rows": rows, "load_start": start,
               "load_end": end, "busy": start[0] > args.max_load,
               "machine": machine_info("cpu")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from inference.retries import Backoff
 from inference.switcher import (
     ModelLoader,
     ModelSet,
-    ModelWatcher,
     RegistryUnavailable,
     configured_uri,
     default_actor,
@@ -37,6 +36,7 @@ from inference.switcher import (
     record_version,
     registry_engine,
 )
+from inference.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,7 @@ class ServeModels:
     def next_set(self) -> ModelSet | None:
         """The set to switch to (None: nothing new); a newer one replaces one not yet taken."""
         if self._watcher is not None:
-            ready = self._watcher.take_ready()
-            if ready is not None:
-                if self.pending is not None:
-                    log.info("a newer set replaces %s before the switch",
-                             self.pending.describe())
-                self.pending = ready
+            self.pending = self._watcher.newest(self.pending)
         return self.pending
 
     def switched(self, new: ModelSet) -> None:

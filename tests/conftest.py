@@ -326,6 +326,22 @@ def count_rows(db_engine: Engine) -> Callable[..., int]:
     return count
 
 
+@pytest.fixture(scope="module")
+def own_db(fresh_database: Callable[..., Any], request: pytest.FixtureRequest
+           ) -> Iterator[Settings]:
+    """A throwaway database at head for one test module (named after it): rows the module
+    writes are nobody else's, and other modules' rows are not its."""
+    with fresh_database(f"binaudit_{request.module.__name__.rsplit('.', 1)[-1]}") as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def own_engine(own_db: Settings) -> Iterator[Engine]:
+    engine = create_engine(own_db.db.url.get_secret_value())
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def fresh_database(services: Settings) -> Callable[..., Any]:
     """``with fresh_database("prefix", migrate=True) as settings:`` — a throwaway database on

@@ -28,7 +28,6 @@ from inference.shadow import ShadowBatch
 from inference.switcher import (
     ModelLoader,
     ModelSet,
-    ModelWatcher,
     RegistryUnavailable,
     default_actor,
     load_initial,
@@ -36,6 +35,7 @@ from inference.switcher import (
     registry_engine,
     retrying,
 )
+from inference.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,7 @@ class WorkerModels:
     def next_set(self) -> ModelSet | None:
         """The set to switch to once the worker is at a clean point (None: nothing new)."""
         if self._watcher is not None:
-            ready = self._watcher.take_ready()
-            if ready is not None:
-                if self.pending is not None:
-                    log.info("a newer set replaces %s before the switch",
-                             self.pending.describe())
-                self.pending = ready
+            self.pending = self._watcher.newest(self.pending)
         return self.pending
 
     def switched(self, new: ModelSet) -> None:

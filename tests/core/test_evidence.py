@@ -6,18 +6,17 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, insert, text
+from sqlalchemy import Connection, Engine, insert, text
 
 from core import evidence
 from core.evidence import ModelNumbers, Verdict
 from core.registry import register_version, set_stage
-from core.settings import RegistrySettings, Settings
+from core.settings import RegistrySettings
 from core.tables import audit_results, shadow_results
 from core.truth import TruthEntry
 
@@ -100,19 +99,6 @@ def test_agreement_and_transitions() -> None:
 
 # ---- the shadow report against Postgres ------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def own_db(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
-    with fresh_database("binaudit_evidence") as settings:
-        yield settings
-
-
-@pytest.fixture(scope="module")
-def engine(own_db: Settings) -> Iterator[Engine]:
-    eng = create_engine(own_db.db.url.get_secret_value())
-    yield eng
-    eng.dispose()
-
-
 @dataclass(frozen=True)
 class ShadowData:
     deployment: str
@@ -144,7 +130,7 @@ def _production_row(event: str, version: str, topic: str, at: datetime,
 
 
 @pytest.fixture(scope="module")
-def shadow_data(engine: Engine) -> ShadowData:
+def shadow_data(own_engine: Engine) -> ShadowData:
     """60 events answered by production; the shadow version on the last 50 of them (one
     more shadow row without a production verdict); noise another report must not read
     (another shadow version, another deployment, production verdicts on another topic)."""
@@ -152,7 +138,7 @@ def shadow_data(engine: Engine) -> ShadowData:
     tag = uuid.uuid4().hex[:8]
     dep, topic, shadow, prod = f"dep-{tag}", f"topic-{tag}", f"s-{tag}", f"p-{tag}"
     truth: dict[str, TruthEntry] = {}
-    with engine.begin() as conn:
+    with own_engine.begin() as conn:
         _register(conn, shadow, list(range(11)))
         _register(conn, prod, [1, 2, 3, 4, 5])
         _register(conn, f"other-{tag}", [1, 2, 3])
@@ -194,8 +180,8 @@ WHERE s.deployment = :d AND s.model_version = :v AND s.processed_at >= :since
 """
 
 
-def _sql(engine: Engine, sql: str, **params: Any) -> Any:
-    with engine.connect() as conn:
+def _sql(own_engine: Engine, sql: str, **params: Any) -> Any:
+    with own_engine.connect() as conn:
         return conn.execute(text(sql), params).all()
 
 
@@ -207,27 +193,27 @@ def _auroc(pairs: list[tuple[float, bool]]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def _report(engine: Engine, data: ShadowData, **kw: Any) -> dict[str, Any]:
-    with engine.begin() as conn:
+def _report(own_engine: Engine, data: ShadowData, **kw: Any) -> dict[str, Any]:
+    with own_engine.begin() as conn:
         conn.execute(text("SET LOCAL ROLE binaudit_auditor"))  # what the console runs as
         return evidence.shadow_comparison(conn, data.deployment, **kw)
 
 
 @pytest.mark.services
 @pytest.mark.parametrize("since", [None, T0 + timedelta(seconds=300)])
-def test_shadow_report_equals_a_direct_computation(engine: Engine, shadow_data: ShadowData,
+def test_shadow_report_equals_a_direct_computation(own_engine: Engine, shadow_data: ShadowData,
                                                    since: datetime | None) -> None:
-    report = _report(engine, shadow_data, since=since, truth=shadow_data.truth, listed=5)
+    report = _report(own_engine, shadow_data, since=since, truth=shadow_data.truth, listed=5)
     params = {"d": shadow_data.deployment, "v": shadow_data.shadow,
               "since": since or datetime(2000, 1, 1, tzinfo=UTC)}
-    (n, count_agree, status_agree), = _sql(engine, f"""
+    (n, count_agree, status_agree), = _sql(own_engine, f"""
         SELECT count(*), avg((s.predicted_quantity = a.predicted_quantity)::int),
                avg((s.status = a.status)::int) {JOINED}""", **params)
     assert report["version"] == shadow_data.shadow  # the current shadow, by default
     assert report["events"] == n and n > 0
     assert report["count_agreement"] == pytest.approx(float(count_agree))
     assert report["verdict_agreement"] == pytest.approx(float(status_agree))
-    (shadow_rows, production_rows), = _sql(engine, """
+    (shadow_rows, production_rows), = _sql(own_engine, """
         WITH w AS (SELECT * FROM shadow_results s
                    WHERE s.deployment = :d AND s.model_version = :v AND s.processed_at >= :since),
              start AS (SELECT least((SELECT min(processed_at) FROM w),
@@ -242,16 +228,16 @@ def test_shadow_report_equals_a_direct_computation(engine: Engine, shadow_data: 
     assert (report["shadow_rows"], report["production_rows"]) == (shadow_rows, production_rows)
     assert report["coverage"] == pytest.approx(shadow_rows / production_rows)
     assert shadow_rows > n  # the shadow row without a production verdict counts as coverage
-    changes = _sql(engine, f"""SELECT a.status, s.status, count(*) {JOINED}
+    changes = _sql(own_engine, f"""SELECT a.status, s.status, count(*) {JOINED}
                    AND a.status <> s.status GROUP BY 1, 2""", **params)
     assert {(t["production"], t["shadow"]): t["events"] for t in report["transitions"]
             if t["changed"]} == {(a, s): c for a, s, c in changes}
     assert report["changed_verdicts"] == sum(c for _, _, c in changes)
-    first = _sql(engine, f"SELECT s.event_id {JOINED} AND a.status <> s.status "
+    first = _sql(own_engine, f"SELECT s.event_id {JOINED} AND a.status <> s.status "
                          "ORDER BY s.processed_at, s.id LIMIT 5", **params)
     assert [c["event_id"] for c in report["changed_events"]] == [e for e, in first]
     scoped = f"{JOINED} AND s.expected_quantity BETWEEN 1 AND 5"  # both cards' counts
-    (k, shadow_acc, prod_acc, shadow_dec), = _sql(engine, f"""
+    (k, shadow_acc, prod_acc, shadow_dec), = _sql(own_engine, f"""
         SELECT count(*), avg((s.predicted_quantity = s.expected_quantity)::int),
                avg((a.predicted_quantity = a.expected_quantity)::int),
                avg((s.status IN ('match', 'mismatch'))::int) {scoped}""", **params)
@@ -259,7 +245,7 @@ def test_shadow_report_equals_a_direct_computation(engine: Engine, shadow_data: 
     assert report["shadow"]["accuracy"] == pytest.approx(float(shadow_acc))
     assert report["production"]["accuracy"] == pytest.approx(float(prod_acc))
     assert report["shadow"]["decided_rate"] == pytest.approx(float(shadow_dec))
-    scores = _sql(engine, f"SELECT s.event_id, s.discrepancy_score, a.discrepancy_score "
+    scores = _sql(own_engine, f"SELECT s.event_id, s.discrepancy_score, a.discrepancy_score "
                           f"{scoped}", **params)
     wrong = {e: t.true_count != t.manifest_count for e, t in shadow_data.truth.items()}
     assert report["shadow"]["auroc"] == pytest.approx(_auroc([(s, wrong[e])
@@ -270,6 +256,6 @@ def test_shadow_report_equals_a_direct_computation(engine: Engine, shadow_data: 
 
 
 @pytest.mark.services
-def test_shadow_report_of_a_deployment_without_shadow(engine: Engine) -> None:
-    with engine.connect() as conn, pytest.raises(evidence.EvidenceError, match="no shadow"):
+def test_shadow_report_of_a_deployment_without_shadow(own_engine: Engine) -> None:
+    with own_engine.connect() as conn, pytest.raises(evidence.EvidenceError, match="no shadow"):
         evidence.shadow_comparison(conn, f"nothing-{uuid.uuid4().hex[:6]}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from core import registry
@@ -18,26 +18,13 @@ from core.settings import Settings
 pytestmark = pytest.mark.services
 
 
-@pytest.fixture(scope="module")
-def own_db(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
-    with fresh_database("binaudit_registry") as settings:
-        yield settings
-
-
-@pytest.fixture(scope="module")
-def engine(own_db: Settings) -> Iterator[Engine]:
-    eng = create_engine(own_db.db.url.get_secret_value())
-    yield eng
-    eng.dispose()
-
-
 @pytest.fixture
-def versions(engine: Engine) -> Callable[..., list[str]]:
+def versions(own_engine: Engine) -> Callable[..., list[str]]:
     """``versions(n)``: n newly registered versions (unique names), in order."""
 
     def make(n: int, classes: tuple[int, ...] = (1, 2, 3, 4, 5)) -> list[str]:
         names = [f"v{i}-{uuid.uuid4().hex[:8]}" for i in range(n)]
-        with engine.begin() as conn:
+        with own_engine.begin() as conn:
             for name in names:
                 registry.register_version(conn, version=name, architecture="efficientnet_lite0",
                                           artifact_uri=f"file:///models/{name}",
@@ -52,18 +39,18 @@ def _deployment() -> str:
     return f"dep-{uuid.uuid4().hex[:8]}"
 
 
-def _move(engine: Engine, deployment: str, version: str, to: registry.Stage,
+def _move(own_engine: Engine, deployment: str, version: str, to: registry.Stage,
           reason: str = "test") -> list[registry.StageChange]:
-    with engine.begin() as conn:
+    with own_engine.begin() as conn:
         return registry.set_stage(conn, deployment=deployment, version=version, to_stage=to,
                                   actor="tester@host", reason=reason)
 
 
-def test_register_version_is_idempotent_and_learns_a_checksum(engine: Engine) -> None:
+def test_register_version_is_idempotent_and_learns_a_checksum(own_engine: Engine) -> None:
     name = f"v-{uuid.uuid4().hex[:8]}"
     kw: dict[str, Any] = {"version": name, "architecture": "efficientnet_lite0",
                           "card": {"version": name}, "metrics": None}
-    with engine.begin() as conn:
+    with own_engine.begin() as conn:
         assert registry.register_version(conn, artifact_uri="file:///a", **kw)
         assert not registry.register_version(conn, artifact_uri="file:///a", **kw)
         assert not registry.register_version(conn, artifact_uri="s3://b/a/", sha256="ab" * 32,
@@ -78,17 +65,17 @@ def test_register_version_is_idempotent_and_learns_a_checksum(engine: Engine) ->
 
 
 def test_single_holder_stages_displace_and_history_records_all(
-        engine: Engine, versions: Callable[..., list[str]]) -> None:
+        own_engine: Engine, versions: Callable[..., list[str]]) -> None:
     a, b, c = versions(3)
     dep = _deployment()
-    _move(engine, dep, a, "production", "first")
-    _move(engine, dep, c, "shadow")
-    changes = _move(engine, dep, b, "production", "better")
+    _move(own_engine, dep, a, "production", "first")
+    _move(own_engine, dep, c, "shadow")
+    changes = _move(own_engine, dep, b, "production", "better")
     assert [(x.version, x.from_stage, x.to_stage) for x in changes] == [
         (a, "production", "archived"), (b, None, "production")]
     assert changes[0].reason == f"replaced by {b}: better"
-    _move(engine, dep, a, "shadow")  # the old shadow goes back to candidate
-    with engine.connect() as conn:
+    _move(own_engine, dep, a, "shadow")  # the old shadow goes back to candidate
+    with own_engine.connect() as conn:
         models = registry.deployment_models(conn, dep)
         assert models.versions() == (b, a)
         assert registry.stage_of(conn, dep, c) == "candidate"
@@ -99,32 +86,32 @@ def test_single_holder_stages_displace_and_history_records_all(
     assert all(r.actor == "tester@host" and r.db_user and r.at is not None for r in rows)
 
 
-def test_refused_stage_changes(engine: Engine, versions: Callable[..., list[str]]) -> None:
+def test_refused_stage_changes(own_engine: Engine, versions: Callable[..., list[str]]) -> None:
     (a,) = versions(1)
     dep = _deployment()
     with pytest.raises(registry.RegistryError, match="not registered"):
-        _move(engine, dep, "no-such-version", "production")
+        _move(own_engine, dep, "no-such-version", "production")
     with pytest.raises(registry.RegistryError, match="needs a reason"):
-        _move(engine, dep, a, "production", " ")
-    _move(engine, dep, a, "candidate")
+        _move(own_engine, dep, a, "production", " ")
+    _move(own_engine, dep, a, "candidate")
     with pytest.raises(registry.RegistryError, match="already candidate"):
-        _move(engine, dep, a, "candidate")
+        _move(own_engine, dep, a, "candidate")
 
 
-def test_previous_production_and_bootstrap(engine: Engine,
+def test_previous_production_and_bootstrap(own_engine: Engine,
                                            versions: Callable[..., list[str]]) -> None:
     a, b = versions(2)
     dep = _deployment()
-    with engine.begin() as conn:
+    with own_engine.begin() as conn:
         assert registry.previous_production(conn, dep) is None
         assert registry.bootstrap_production(conn, deployment=dep, version=a, actor="w")
         assert not registry.bootstrap_production(conn, deployment=dep, version=b, actor="w")
         assert registry.previous_production(conn, dep) is None
-    _move(engine, dep, b, "production")
-    with engine.connect() as conn:
+    _move(own_engine, dep, b, "production")
+    with own_engine.connect() as conn:
         assert registry.previous_production(conn, dep) == a
-    _move(engine, dep, a, "production")  # a rollback: now b was production before
-    with engine.connect() as conn:
+    _move(own_engine, dep, a, "production")  # a rollback: now b was production before
+    with own_engine.connect() as conn:
         assert registry.previous_production(conn, dep) == b
 
 
@@ -132,19 +119,19 @@ def test_previous_production_and_bootstrap(engine: Engine,
     "UPDATE model_stage_history SET reason = 'rewritten' WHERE deployment = :d",
     "DELETE FROM model_stage_history WHERE deployment = :d",
 ])
-def test_history_is_append_only(engine: Engine, versions: Callable[..., list[str]],
+def test_history_is_append_only(own_engine: Engine, versions: Callable[..., list[str]],
                                 statement: str) -> None:
     (a,) = versions(1)
     dep = _deployment()
-    _move(engine, dep, a, "candidate", "original reason")
-    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+    _move(own_engine, dep, a, "candidate", "original reason")
+    with pytest.raises(DBAPIError, match="append-only"), own_engine.begin() as conn:
         conn.execute(text(statement), {"d": dep})
-    with engine.connect() as conn:
+    with own_engine.connect() as conn:
         assert [r.reason for r in registry.history(conn, deployment=dep)] == [
             "original reason"]
 
 
-def test_a_promotion_notifies_the_listener(own_db: Settings, engine: Engine,
+def test_a_promotion_notifies_the_listener(own_db: Settings, own_engine: Engine,
                                            versions: Callable[..., list[str]]) -> None:
     (a,) = versions(1)
     dep = _deployment()
@@ -153,6 +140,6 @@ def test_a_promotion_notifies_the_listener(own_db: Settings, engine: Engine,
         heard: list[set[str]] = []
         waiter = threading.Thread(target=lambda: heard.append(listener.wait(10.0)))
         waiter.start()
-        _move(engine, dep, a, "production")
+        _move(own_engine, dep, a, "production")
         waiter.join(15.0)
     assert heard == [{dep}]

@@ -19,7 +19,6 @@ from sqlalchemy import Engine, text
 from core.artifacts import tree_sha256, upload
 from core.model.card import CARD_FILE, MODEL_FILE, read_card
 from core.model.preprocess import ImageLimits, Preprocessor
-from core.registry import register_version, set_stage
 from core.settings import InferenceSettings, Settings
 from inference.metrics import PipelineMetrics
 from inference.pipeline import InferencePipeline, Outcome, PipelineConfig, WorkItem
@@ -28,12 +27,13 @@ from inference.switcher import (
     ModelLoader,
     ModelLoadError,
     ModelSet,
-    ModelWatcher,
     load_counter,
     load_initial,
     preprocessing_differences,
 )
+from inference.watcher import ModelWatcher
 from tests.conftest import ArtifactFactory, unique, wait_until
+from tests.registry_fixtures import promote, register
 
 BATCH = 4
 
@@ -56,22 +56,6 @@ def artifact(model_artifact_factory: ArtifactFactory) -> Callable[..., Path]:
 
 def _images(sample_dir: Path, n: int) -> list[bytes]:
     return [p.read_bytes() for p in sorted((sample_dir / "images").glob("*.jpg"))[:n]]
-
-
-def _register(engine: Engine, path: Path, *, uri: str | None = None,
-              sha256: str | None = None) -> str:
-    card = read_card(path)
-    with engine.begin() as conn:
-        register_version(conn, version=card.version, architecture=card.architecture,
-                         artifact_uri=uri or str(path), card=card.model_dump(mode="json"),
-                         metrics=None, sha256=sha256 or tree_sha256(path))
-    return card.version
-
-
-def _stage(engine: Engine, deployment: str, version: str, stage: Any) -> None:
-    with engine.begin() as conn:
-        set_stage(conn, deployment=deployment, version=version, to_stage=stage, actor="test",
-                  reason="test")
 
 
 def _metric(metrics: PipelineMetrics, name: str, **labels: str) -> float:
@@ -153,8 +137,8 @@ def test_an_s3_artifact_is_downloaded_verified_and_cached(
     path, deployment = artifact(), unique("dep")
     uri = f"s3://{bucket_factory()}/models/{read_card(path).version}/"
     checksum = upload(path, uri, services.s3)
-    version = _register(db_engine, path, uri=uri, sha256=checksum)
-    _stage(db_engine, deployment, version, "production")
+    version = register(db_engine, path, uri=uri, sha256=checksum)
+    promote(db_engine, deployment, version, "production")
 
     models = load_initial(inference, db=services.db, s3=services.s3, deployment=deployment)
     assert models.versions == (version, None)
@@ -172,8 +156,8 @@ def test_a_shadow_runs_only_when_allowed_and_reading_the_same_pixels(
         inference: InferenceSettings) -> None:
     prod, same, other = artifact("p"), artifact("s", seed=1), artifact("o", input_size=128)
     deployment = unique("dep")
-    _stage(db_engine, deployment, _register(db_engine, prod), "production")
-    _stage(db_engine, deployment, _register(db_engine, same), "shadow")
+    promote(db_engine, deployment, register(db_engine, prod), "production")
+    promote(db_engine, deployment, register(db_engine, same), "shadow")
     metrics = PipelineMetrics(CollectorRegistry())
 
     models = load_initial(inference, db=services.db, s3=services.s3, deployment=deployment,
@@ -184,7 +168,7 @@ def test_a_shadow_runs_only_when_allowed_and_reading_the_same_pixels(
                        s3=services.s3, deployment=deployment)
     assert off.shadow is None and off.wanted == models.wanted
 
-    _stage(db_engine, deployment, _register(db_engine, other), "shadow")
+    promote(db_engine, deployment, register(db_engine, other), "shadow")
     models = load_initial(inference, db=services.db, s3=services.s3, deployment=deployment,
                           metrics=metrics)
     assert models.shadow is None and not models.shadow_failed
@@ -198,8 +182,8 @@ def watched(services: Settings, db_engine: Engine, artifact: Callable[..., Path]
             inference: InferenceSettings) -> Iterator[tuple[str, ModelSet, ModelWatcher]]:
     """A deployment running a production and a shadow, followed by a started watcher."""
     deployment = unique("dep")
-    _stage(db_engine, deployment, _register(db_engine, artifact("p")), "production")
-    _stage(db_engine, deployment, _register(db_engine, artifact("s", seed=1)), "shadow")
+    promote(db_engine, deployment, register(db_engine, artifact("p")), "production")
+    promote(db_engine, deployment, register(db_engine, artifact("s", seed=1)), "shadow")
     metrics = PipelineMetrics(CollectorRegistry())
     models = load_initial(inference, db=services.db, s3=services.s3, deployment=deployment,
                           metrics=metrics)
@@ -221,7 +205,7 @@ def test_a_promoted_shadow_becomes_production_without_a_second_load(
         db_engine: Engine, watched: tuple[str, ModelSet, ModelWatcher]) -> None:
     deployment, models, watcher = watched
     assert models.shadow is not None
-    _stage(db_engine, deployment, models.shadow.version, "production")
+    promote(db_engine, deployment, models.shadow.version, "production")
     ready = _ready(watcher)
     assert ready.production is models.shadow  # the loaded shadow, reused
     assert ready.shadow is None and ready.wanted == (models.shadow.version, None)
@@ -235,7 +219,7 @@ def test_a_version_that_cannot_load_keeps_the_old_set_and_is_not_retried_hot(
     deployment, models, watcher = watched
     metrics = watcher.loader.metrics
     broken = artifact("broken")
-    _stage(db_engine, deployment, _register(db_engine, broken, sha256="0" * 64), "production")
+    promote(db_engine, deployment, register(db_engine, broken, sha256="0" * 64), "production")
     wait_until(lambda: _metric(metrics, "binaudit_model_swap_failures_total",
                                deployment=deployment, role="production") >= 1, 30,
                "the failed load to be counted")
@@ -247,7 +231,7 @@ def test_a_version_that_cannot_load_keeps_the_old_set_and_is_not_retried_hot(
     assert watcher.take_ready() is None
 
     good = artifact("good")
-    _stage(db_engine, deployment, _register(db_engine, good), "production")
+    promote(db_engine, deployment, register(db_engine, good), "production")
     ready = _ready(watcher)
     assert ready.production.version == read_card(good).version
     assert ready.shadow is models.shadow  # the running shadow stays, reused

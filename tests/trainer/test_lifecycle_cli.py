@@ -10,13 +10,13 @@ import json
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, insert, text
 from typer.testing import CliRunner
 
 from binaudit.cli import app
@@ -29,19 +29,6 @@ pytestmark = pytest.mark.services
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIN_EVENTS = 20
 Row = tuple[int, int | None, str, float | None]  # expected, predicted, status, score
-
-
-@pytest.fixture(scope="module")
-def own_db(fresh_database: Callable[..., Any]) -> Iterator[Settings]:
-    with fresh_database("binaudit_lifecycle") as settings:
-        yield settings
-
-
-@pytest.fixture(scope="module")
-def engine(own_db: Settings) -> Iterator[Engine]:
-    eng = create_engine(own_db.db.url.get_secret_value())
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture
@@ -76,11 +63,11 @@ def artifact(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture
-def versions(engine: Engine) -> Callable[..., list[str]]:
+def versions(own_engine: Engine) -> Callable[..., list[str]]:
     """Registered versions (card rows only: promotion never loads the artifact)."""
 
     def make(*names: str) -> list[str]:
-        with engine.begin() as conn:
+        with own_engine.begin() as conn:
             for name in names:
                 registry.register_version(conn, version=name, architecture="efficientnet_lite0",
                                           artifact_uri=f"file:///m/{name}",
@@ -99,14 +86,14 @@ def _rows(n: int, correct: int, status: str = "match") -> list[Row]:
 
 
 @pytest.fixture
-def backtest(engine: Engine) -> Callable[..., str]:
+def backtest(own_engine: Engine) -> Callable[..., str]:
     """``backtest(version, topic, rows, finished=...)``: a finished run of ``version`` whose
     event i has ``rows[i]``; returns its run id."""
 
     def make(version: str, topic: str, rows: Sequence[Row], *,
              finished: datetime | None = None) -> str:
         run_id = f"run-{version}-{_tag()}"
-        with engine.begin() as conn:
+        with own_engine.begin() as conn:
             conn.execute(insert(backtest_runs).values(
                 run_id=run_id, model_version=version, topic=topic, requested_window={},
                 resolved_offsets={}, class_counts=[1, 2, 3, 4, 5], status="finished",
@@ -120,13 +107,13 @@ def backtest(engine: Engine) -> Callable[..., str]:
     return make
 
 
-def _history(engine: Engine, deployment: str) -> list[registry.StageChange]:
-    with engine.connect() as conn:
+def _history(own_engine: Engine, deployment: str) -> list[registry.StageChange]:
+    with own_engine.connect() as conn:
         return registry.history(conn, deployment=deployment)
 
 
-def _stages(engine: Engine, deployment: str) -> dict[str, str]:
-    with engine.connect() as conn:
+def _stages(own_engine: Engine, deployment: str) -> dict[str, str]:
+    with own_engine.connect() as conn:
         return dict(conn.execute(text("SELECT version, stage FROM model_stages "
                                       "WHERE deployment = :d"), {"d": deployment}).all())
 
@@ -139,7 +126,7 @@ def _promote(cli: Callable[..., Any], version: str, to: str, dep: str, *extra: s
 
 # ---- register, list, show ---------------------------------------------------------------------
 
-def test_register_list_show(cli: Callable[..., Any], engine: Engine,
+def test_register_list_show(cli: Callable[..., Any], own_engine: Engine,
                             artifact: Callable[[str], Path]) -> None:
     version, dep = f"lite0-{_tag()}", f"dep-{_tag()}"
     directory = artifact(version)
@@ -147,13 +134,13 @@ def test_register_list_show(cli: Callable[..., Any], engine: Engine,
     assert f"{version}: registered" in out and "now candidate" in out
     again = cli("model", "register", str(directory), "--deployment", dep)
     assert "already registered" in again and "already candidate" in again
-    with engine.connect() as conn:
+    with own_engine.connect() as conn:
         row = conn.execute(text("SELECT artifact_uri, sha256, card FROM model_versions "
                                 "WHERE version = :v"), {"v": version}).one()
     assert row.artifact_uri == directory.resolve().as_uri()
     assert row.sha256 == tree_sha256(directory)
     assert row.card["class_counts"] == list(range(11))
-    assert [(c.version, c.to_stage, c.reason) for c in _history(engine, dep)] == [
+    assert [(c.version, c.to_stage, c.reason) for c in _history(own_engine, dep)] == [
         (version, "candidate", "registered")]
     listed = cli("model", "list", "--deployment", dep)
     assert version in listed and f"{dep}: candidate" in listed
@@ -175,7 +162,7 @@ def test_register_refuses_changed_contents_under_a_known_version(
     cli("model", "register", str(directory.parent / "missing"), code=2)
 
 
-def test_register_upload_round_trip(cli: Callable[..., Any], engine: Engine, own_db: Settings,
+def test_register_upload_round_trip(cli: Callable[..., Any], own_engine: Engine, own_db: Settings,
                                     artifact: Callable[[str], Path],
                                     bucket_factory: Callable[..., str], tmp_path: Path) -> None:
     version = f"lite0-{_tag()}"
@@ -185,7 +172,7 @@ def test_register_upload_round_trip(cli: Callable[..., Any], engine: Engine, own
     out = cli("model", "register", str(directory), "--upload", f"s3://{bucket}/models/")
     uri = f"s3://{bucket}/models/{version}/"
     assert uri in out
-    with engine.connect() as conn:
+    with own_engine.connect() as conn:
         row = conn.execute(text("SELECT artifact_uri, sha256 FROM model_versions "
                                 "WHERE version = :v"), {"v": version}).one()
     assert (row.artifact_uri, row.sha256) == (uri, tree_sha256(directory))
@@ -198,7 +185,7 @@ def test_register_upload_round_trip(cli: Callable[..., Any], engine: Engine, own
 # ---- promotion and the gate -------------------------------------------------------------------
 
 def test_first_production_and_shadow_are_not_gated_and_notify(
-        cli: Callable[..., Any], engine: Engine, own_db: Settings,
+        cli: Callable[..., Any], own_engine: Engine, own_db: Settings,
         versions: Callable[..., list[str]]) -> None:
     prod, cand = versions(f"p-{_tag()}", f"c-{_tag()}")
     dep = f"dep-{_tag()}"
@@ -211,8 +198,8 @@ def test_first_production_and_shadow_are_not_gated_and_notify(
         _promote(cli, cand, "shadow", dep)
         waiter.join(15.0)
     assert heard == [{dep}]
-    assert _stages(engine, dep) == {prod: "production", cand: "shadow"}
-    first, shadow = _history(engine, dep)
+    assert _stages(own_engine, dep) == {prod: "production", cand: "shadow"}
+    first, shadow = _history(own_engine, dep)
     assert first.evidence == {"gate": "none: first production version of the deployment"}
     assert (shadow.version, shadow.to_stage, shadow.evidence) == (cand, "shadow", None)
     assert "@" in shadow.actor and shadow.db_user
@@ -221,23 +208,23 @@ def test_first_production_and_shadow_are_not_gated_and_notify(
 
 
 def test_the_gate_refuses_a_worse_candidate_and_writes_nothing(
-        cli: Callable[..., Any], engine: Engine, versions: Callable[..., list[str]],
+        cli: Callable[..., Any], own_engine: Engine, versions: Callable[..., list[str]],
         backtest: Callable[..., str]) -> None:
     prod, worse = versions(f"p-{_tag()}", f"w-{_tag()}")
     dep = f"dep-{_tag()}"
     _promote(cli, prod, "production", dep)
     backtest(prod, dep, _rows(MIN_EVENTS, 18))
     backtest(worse, dep, _rows(MIN_EVENTS, 10))
-    before = _history(engine, dep)
+    before = _history(own_engine, dep)
     out = _promote(cli, worse, "production", dep, code=2)
     assert "refused" in out and "FAILED" in out and "accuracy against the manifest" in out
     assert "0.5000" in out and "0.9000" in out and "0.8900" in out  # both, and the allowed
-    assert _history(engine, dep) == before
-    assert _stages(engine, dep) == {prod: "production"}
+    assert _history(own_engine, dep) == before
+    assert _stages(own_engine, dep) == {prod: "production"}
 
 
 def test_the_gate_passes_a_better_candidate_and_records_the_evidence(
-        cli: Callable[..., Any], engine: Engine, versions: Callable[..., list[str]],
+        cli: Callable[..., Any], own_engine: Engine, versions: Callable[..., list[str]],
         backtest: Callable[..., str]) -> None:
     prod, better = versions(f"p-{_tag()}", f"b-{_tag()}")
     dep = f"dep-{_tag()}"
@@ -250,8 +237,8 @@ def test_the_gate_passes_a_better_candidate_and_records_the_evidence(
              - timedelta(days=30))  # too old to count
     out = _promote(cli, better, "production", dep)
     assert cand_run in out and prod_run in out
-    assert _stages(engine, dep) == {prod: "archived", better: "production"}
-    change = _history(engine, dep)[-1]
+    assert _stages(own_engine, dep) == {prod: "archived", better: "production"}
+    change = _history(own_engine, dep)[-1]
     assert (change.version, change.to_stage, change.forced) == (better, "production", False)
     ev = change.evidence or {}
     assert ev["gate"] == "passed" and ev["source"]["kind"] == "backtest"
@@ -267,10 +254,10 @@ def test_the_gate_passes_a_better_candidate_and_records_the_evidence(
     assert "--evidence runs are of" in _promote(cli, other, "production", dep, "--evidence",
                                                 explicit, "--evidence", old_prod, code=2)
     _promote(cli, other, "production", dep, "--evidence", explicit, "--evidence", pinned)
-    assert (_history(engine, dep)[-1].evidence or {})["source"]["production_run"] == pinned
+    assert (_history(own_engine, dep)[-1].evidence or {})["source"]["production_run"] == pinned
 
 
-def test_without_evidence_the_gate_refuses(cli: Callable[..., Any], engine: Engine,
+def test_without_evidence_the_gate_refuses(cli: Callable[..., Any], own_engine: Engine,
                                            versions: Callable[..., list[str]],
                                            backtest: Callable[..., str]) -> None:
     prod, cand = versions(f"p-{_tag()}", f"c-{_tag()}")
@@ -281,11 +268,11 @@ def test_without_evidence_the_gate_refuses(cli: Callable[..., Any], engine: Engi
     backtest(cand, dep, _rows(MIN_EVENTS, MIN_EVENTS),  # enough, but too old
              finished=datetime.now(UTC) - timedelta(hours=24 * 7 + 1))
     out = _promote(cli, cand, "production", dep, code=2)
-    assert "no evidence" in out and _stages(engine, dep) == {prod: "production"}
+    assert "no evidence" in out and _stages(own_engine, dep) == {prod: "production"}
 
 
 def test_force_promotes_a_refused_candidate_and_rollback_restores(
-        cli: Callable[..., Any], engine: Engine, versions: Callable[..., list[str]],
+        cli: Callable[..., Any], own_engine: Engine, versions: Callable[..., list[str]],
         backtest: Callable[..., str]) -> None:
     prod, worse = versions(f"p-{_tag()}", f"w-{_tag()}")
     dep = f"dep-{_tag()}"
@@ -296,7 +283,7 @@ def test_force_promotes_a_refused_candidate_and_rollback_restores(
     backtest(worse, dep, _rows(MIN_EVENTS, 10))
     cli("model", "promote", worse, "--to", "production", "--deployment", dep, "--force",
         "--reason", "hotfix for station 7")
-    change = _history(engine, dep)[-1]
+    change = _history(own_engine, dep)[-1]
     assert (change.version, change.forced, change.reason) == (worse, True,
                                                               "hotfix for station 7")
     ev = change.evidence or {}
@@ -306,18 +293,18 @@ def test_force_promotes_a_refused_candidate_and_rollback_restores(
 
     out = cli("model", "rollback", "--deployment", dep, "--reason", "accuracy dropped")
     assert f"{prod} archived -> production" in out
-    assert _stages(engine, dep) == {prod: "production", worse: "archived"}
-    back = _history(engine, dep)[-1]
+    assert _stages(own_engine, dep) == {prod: "production", worse: "archived"}
+    back = _history(own_engine, dep)[-1]
     assert (back.version, back.reason, back.forced) == (prod, "rollback: accuracy dropped",
                                                         False)
     assert (back.evidence or {})["from_version"] == worse
 
 
-def _shadow_fixture(engine: Engine, dep: str, prod: str, cand: str, n: int,
+def _shadow_fixture(own_engine: Engine, dep: str, prod: str, cand: str, n: int,
                     prod_rows: Sequence[Row], cand_rows: Sequence[Row]) -> None:
     """Production verdicts and the candidate's shadow verdicts on the same n events."""
     now = datetime.now(UTC)
-    with engine.begin() as conn:
+    with own_engine.begin() as conn:
         for i in range(n):
             event = f"{dep}-s{i}"
             (pe, pp, ps, pscore), (_, cp, cs, cscore) = prod_rows[i], cand_rows[i]
@@ -332,7 +319,7 @@ def _shadow_fixture(engine: Engine, dep: str, prod: str, cand: str, n: int,
 
 
 def test_shadow_verdicts_are_evidence_and_truth_gates_on_auroc(
-        cli: Callable[..., Any], engine: Engine, versions: Callable[..., list[str]],
+        cli: Callable[..., Any], own_engine: Engine, versions: Callable[..., list[str]],
         tmp_path: Path) -> None:
     prod, cand = versions(f"p-{_tag()}", f"c-{_tag()}")
     dep = f"dep-{_tag()}"
@@ -340,7 +327,7 @@ def test_shadow_verdicts_are_evidence_and_truth_gates_on_auroc(
     _promote(cli, cand, "shadow", dep)
     n = MIN_EVENTS
     # the candidate counts better, but its scores rank the wrong manifests last
-    _shadow_fixture(engine, dep, prod, cand, n, _rows(n, 15), [
+    _shadow_fixture(own_engine, dep, prod, cand, n, _rows(n, 15), [
         (e, e, "match", 0.9 if i % 2 else 0.1) for i, (e, _, _, _) in enumerate(_rows(n, n))])
     truth = tmp_path / "truth.csv"
     truth.write_text("event_id,bin_id,true_count,manifest_count,perturbation\n" + "".join(
@@ -348,20 +335,20 @@ def test_shadow_verdicts_are_evidence_and_truth_gates_on_auroc(
         for i, (e, _, _, _) in enumerate(_rows(n, n))))
     refused = _promote(cli, cand, "production", dep, "--truth", str(truth), code=2)
     assert "AUROC" in refused and "shadow" in refused
-    assert _stages(engine, dep) == {prod: "production", cand: "shadow"}
+    assert _stages(own_engine, dep) == {prod: "production", cand: "shadow"}
     _promote(cli, cand, "production", dep)  # without truth: accuracy and decided rate
-    ev = _history(engine, dep)[-1].evidence or {}
+    ev = _history(own_engine, dep)[-1].evidence or {}
     assert ev["source"]["kind"] == "shadow" and ev["source"]["events"] == n
     assert ev["candidate"]["quality_metric"] == "decided_rate"
 
 
-def test_shadow_report_command(cli: Callable[..., Any], engine: Engine,
+def test_shadow_report_command(cli: Callable[..., Any], own_engine: Engine,
                                versions: Callable[..., list[str]], tmp_path: Path) -> None:
     prod, cand = versions(f"p-{_tag()}", f"c-{_tag()}")
     dep = f"dep-{_tag()}"
     _promote(cli, prod, "production", dep)
     _promote(cli, cand, "shadow", dep)
-    _shadow_fixture(engine, dep, prod, cand, 10, _rows(10, 5), _rows(10, 8))
+    _shadow_fixture(own_engine, dep, prod, cand, 10, _rows(10, 5), _rows(10, 8))
     out = cli("shadow", "report", "--deployment", dep, "--out", str(tmp_path / "report"))
     assert "verdicts that would change" in out and "events compared" in out
     report = json.loads((tmp_path / "report.json").read_text())

@@ -20,13 +20,14 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
-from core.artifacts import tree_sha256, upload
+from core.artifacts import upload
 from core.model.card import read_card
-from core.registry import previous_production, register_version, set_stage
+from core.registry import previous_production
 from core.settings import Settings
-from inference.switcher import RETRY_POLLS
+from inference.watcher import RETRY_POLLS
 from robots.publisher import EventPlan, PublishOptions, PublishReport, publish
 from tests.conftest import ArtifactFactory, unique, wait_until
+from tests.registry_fixtures import promote, register
 from worker.app import Worker
 
 pytestmark = pytest.mark.services
@@ -124,22 +125,6 @@ def lifecycle_settings(settings_factory: Callable[..., Settings],
 @pytest.fixture
 def artifact(model_artifact_factory: ArtifactFactory) -> Callable[..., Path]:
     return lambda prefix, **kw: model_artifact_factory(unique(prefix), **kw)
-
-
-def register(engine: Engine, path: Path, *, uri: str | None = None,
-             sha256: str | None = None) -> str:
-    card = read_card(path)
-    with engine.begin() as conn:
-        register_version(conn, version=card.version, architecture=card.architecture,
-                         artifact_uri=uri or str(path), card=card.model_dump(mode="json"),
-                         metrics=None, sha256=sha256 or tree_sha256(path))
-    return card.version
-
-
-def promote(engine: Engine, deployment: str, version: str, stage: Any = "production") -> None:
-    with engine.begin() as conn:
-        set_stage(conn, deployment=deployment, version=version, to_stage=stage, actor="test",
-                  reason="lifecycle test")
 
 
 def publish_events(settings: Settings, sample_dir: Path, count: int, *, rate: float | None = None,
