@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,34 @@ class ModelSet:
         """A set of one configured model that never follows the registry."""
         return cls(deployment=deployment, production=counter,
                    policy=policy_for(counter.card, inference), wanted=(counter.version, None))
+
+
+class JudgedVersions:
+    """How to judge an answer by the version that produced it: each version that ran in this
+    process, with its decision policy and supported counts (the newest ``keep``; an answer in
+    flight is never older than the set before the running one)."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._known: OrderedDict[str, tuple[DecisionPolicy, list[int]]] = OrderedDict()
+
+    def remember(self, models: ModelSet) -> None:
+        for counter in (models.production, models.shadow):
+            policy = models.policy_of(counter.version) if counter is not None else None
+            if counter is None or policy is None:
+                continue
+            self._known[counter.version] = (policy, list(counter.card.class_counts))
+            self._known.move_to_end(counter.version)
+        while len(self._known) > self.keep:
+            self._known.popitem(last=False)
+
+    def judging(self, version: str | None, running: ModelSet
+                ) -> tuple[str, DecisionPolicy, list[int]]:
+        """(version, policy, supported counts) for an answer of ``version`` (None: an answer
+        that carries no version is the running production's)."""
+        version = version or running.production.version
+        policy, counts = self._known[version]
+        return version, policy, counts
 
 
 # ---- loading one model ----------------------------------------------------------------------

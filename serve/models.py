@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -26,6 +25,7 @@ from inference.counter import BinCounter
 from inference.metrics import PipelineMetrics
 from inference.retries import Backoff
 from inference.switcher import (
+    JudgedVersions,
     ModelLoader,
     ModelSet,
     RegistryUnavailable,
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 # Versions whose decision policy is kept after a switch: a request answered by the old model
 # just before the switch is judged by its own policy after it.
-POLICIES_KEPT = 4
 
 
 class ServeModels:
@@ -68,7 +67,7 @@ class ServeModels:
         self._watcher: ModelWatcher | None = None
         self.current: ModelSet | None = None
         self.pending: ModelSet | None = None  # prepared, not switched to yet
-        self._policies: OrderedDict[str, tuple[DecisionPolicy, list[int]]] = OrderedDict()
+        self._judged = JudgedVersions()
 
     @property
     def running(self) -> ModelSet:
@@ -81,7 +80,7 @@ class ServeModels:
 
     def start(self) -> ModelSet:
         self.current = self._first_set()
-        self._remember(self.current)
+        self._judged.remember(self.current)
         self.metrics.observe_models(self.deployment, self.current.production.version, None)
         log.info("deployment %s: %s%s", self.deployment, self.current.describe(),
                  "" if self.current.follows_registry else " (pinned: registry not followed)")
@@ -144,7 +143,7 @@ class ServeModels:
         """The pipeline runs ``new`` from now on (or already did: a change of shadow only)."""
         old = self.running
         self.current, self.pending = new, None
-        self._remember(new)
+        self._judged.remember(new)
         self.metrics.observe_models(self.deployment, new.production.version, None)
         if new.production is old.production:
             return
@@ -152,16 +151,7 @@ class ServeModels:
         log.info("switched production %s -> %s without restart", old.production.version,
                  new.production.version)
 
-    def _remember(self, models: ModelSet) -> None:
-        counter = models.production
-        self._policies[counter.version] = (models.policy, list(counter.card.class_counts))
-        self._policies.move_to_end(counter.version)
-        while len(self._policies) > POLICIES_KEPT:
-            self._policies.popitem(last=False)
-
     def judging(self, version: str | None) -> tuple[str, DecisionPolicy, list[int]]:
         """(version, policy, supported counts) of the model that produced an answer (None:
         the running production's)."""
-        version = version or self.running.production.version
-        policy, counts = self._policies[version]
-        return version, policy, counts
+        return self._judged.judging(version, self.running)

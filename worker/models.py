@@ -26,6 +26,7 @@ from inference.outcomes import ShadowVerdict, shadow_records
 from inference.pipeline import InferencePipeline, Outcome, PipelineConfig
 from inference.shadow import ShadowBatch
 from inference.switcher import (
+    JudgedVersions,
     ModelLoader,
     ModelSet,
     RegistryUnavailable,
@@ -56,13 +57,13 @@ class WorkerModels:
         self._watcher: ModelWatcher | None = None
         self.current: ModelSet | None = None
         self.pending: ModelSet | None = None  # prepared, waiting for a clean switch point
-        # Policies of versions that ran in this process: an outcome is judged by its own.
-        self._policies: dict[str, tuple[DecisionPolicy, list[int]]] = {}
+        # Versions that ran in this process: an outcome is judged by its own.
+        self._judged = JudgedVersions()
         self._shadow_out: queue.Queue[ShadowBatch] = queue.Queue()  # from the shadow thread
 
     def __enter__(self) -> WorkerModels:
         self.current = self._start()
-        self._remember(self.current)
+        self._judged.remember(self.current)
         self.metrics.observe_models(self.current.deployment, *self.current.versions)
         log.info("deployment %s: %s%s", self.deployment, self.current.describe(),
                  "" if self.current.follows_registry else " (pinned: registry not followed)")
@@ -144,22 +145,13 @@ class WorkerModels:
         """The pipeline runs ``new`` from now on."""
         old = self.running
         self.current, self.pending = new, None
-        self._remember(new)
+        self._judged.remember(new)
         self.metrics.model_swaps.labels(self.deployment).inc()
         self.metrics.observe_models(new.deployment, *new.versions)
         log.info("switched production %s -> %s (shadow %s)", old.production.version,
                  new.production.version, new.shadow.version if new.shadow else "none")
 
-    def _remember(self, models: ModelSet) -> None:
-        for counter in (models.production, models.shadow):
-            if counter is not None:
-                policy = models.policy_of(counter.version)
-                assert policy is not None
-                self._policies[counter.version] = (policy, list(counter.card.class_counts))
-
     def judging(self, version: str | None) -> tuple[str, DecisionPolicy, list[int]]:
-        """(version, policy, supported counts) for an outcome of ``version`` (None: an
-        outcome that carries no version is the running production's)."""
-        version = version or self.running.production.version
-        policy, counts = self._policies[version]
-        return version, policy, counts
+        """(version, policy, supported counts) of the model that produced an answer (None:
+        the running production's)."""
+        return self._judged.judging(version, self.running)
