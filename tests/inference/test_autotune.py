@@ -83,7 +83,11 @@ def test_tunes_once_then_reads_the_cache(artifact: Path, tmp_path: Path) -> None
     measured = {(x.backend, x.batch_size) for x in result.measurements}
     assert measured == {("onnxruntime", 1), ("onnxruntime", 4), ("eager", 1), ("eager", 4)}
     best = max(result.measurements, key=lambda x: x.images_per_s)
-    assert result.images_per_s >= best.images_per_s * 0.95
+    chosen = next(x for x in result.measurements
+                  if (x.backend, x.batch_size) == (result.backend, result.batch_size))
+    # The best median, or one the rounds cannot tell from it (its fastest round reaches the
+    # best one's slowest): a short, noisy tuning may keep either.
+    assert chosen.high >= best.low and result.images_per_s == chosen.images_per_s
     assert backend.name == result.backend
     assert result.parity["onnxruntime"] < 1e-3
     assert not list(tmp_path.rglob("model.onnx"))  # the artifact's own export was used
