@@ -116,14 +116,25 @@ def io_ceiling(results: dict[str, Any]) -> tuple[float, str] | None:
     return float(value), "vm-cpu.json: summary.ceiling.components['null-model worker (end to end)']"
 
 
+def _worker_label(doc: dict[str, Any], label: str) -> str:
+    """``label`` with the worker's configuration as the run recorded it (backend, batch,
+    streams), where the e2e section names it."""
+    worker = doc.get("sections", {}).get("e2e", {}).get("configs", {}).get("worker")
+    if not worker:
+        return label
+    return (f"{label} {worker['backend']}, batch {worker['batch_size']} × "
+            f"{worker.get('streams', 1)} streams")
+
+
 def cpu_throughputs(results: dict[str, Any]) -> list[Throughput]:
     """Per-worker CPU rates from whatever result files are present."""
     out: list[Throughput] = []
     for name, label in (("vm-cpu.json", "B4, eager channels_last, batch 16"),
-                        ("vm-cpu-backends.json", "B4, autotuned ONNX Runtime, batch 1")):
+                        ("vm-cpu-backends.json", "B4, autotuned")):
         doc = results.get(name)
         if not doc:
             continue
+        label = _worker_label(doc, label)
         value = _e2e_row(doc, "worker end to end")
         if value is None:
             continue
@@ -290,36 +301,56 @@ def render(plan: dict[str, Any]) -> str:
 
 
 RETENTION_PLAN = [
-    "## Partitioning and retention of `audit_results` (plan, no migration yet)",
+    "## Partitioning and retention of `audit_results` (migration 0010)",
     "",
     "At 1,000 events/s the table grows by tens of GiB a day; deleting old rows would leave "
-    "the table and its indexes bloated and keep autovacuum busy. Plan:",
+    "the table and its indexes bloated and keep autovacuum busy. So the table is partitioned "
+    "and old months are dropped whole:",
     "",
     "1. **Monthly range partitions on `captured_at`** (`PARTITION BY RANGE (captured_at)`, "
-    "one partition per calendar month, UTC). `captured_at` is when the bin was photographed: "
-    "it is in every event, never changes on replay or backtest, and is what the console and "
-    "reports filter on (`ix_audit_results_captured_at`); `processed_at` would split one "
-    "event's rows across months when it is re-processed later.",
+    "one partition per calendar month in UTC, named `audit_results_y2026m11`, plus "
+    "`audit_results_default`). `captured_at` is when the bin was photographed: it is in every "
+    "event, never changes on replay or backtest, and is what the console and reports filter "
+    "on (`ix_audit_results_captured_at`); `processed_at` would split one event's rows across "
+    "months when it is re-processed later.",
     "2. **Keys**: Postgres requires the partition key in every unique constraint, so the "
-    "primary key becomes `(id, captured_at)` and the idempotency key `(event_id, "
-    "model_version, captured_at)`. A redelivered event carries the same `captured_at`, so "
-    "`ON CONFLICT DO NOTHING` still makes replays no-ops; an event id reused with a different "
-    "`captured_at` no longer conflicts, so the sink's duplicate-event-id check "
-    "(`worker/io/duplicates.py`) must look the key up explicitly (one indexed SELECT per "
-    "batch, on `(event_id, model_version)`, a non-unique index) instead of relying on the "
-    "conflict.",
-    "3. **Partitions ahead of time**: a scheduled job (or `pg_partman`) keeps the current and "
-    "the next 2 months created; a `DEFAULT` partition catches clock-skewed or back-filled "
-    "events and is alerted on when non-empty.",
-    "4. **Retention by dropping partitions**: `ALTER TABLE audit_results DETACH PARTITION "
-    "... CONCURRENTLY`, archive it (e.g. `COPY` to Parquet in S3) if audits need it, then "
-    "`DROP TABLE`: constant time, no bloat, no vacuum. The retention period (e.g. 13 months "
-    "to cover a year-over-year audit) is a business decision; the storage per month is in "
-    "the table above.",
-    "5. **Migration (to be written and tested separately)**: create the partitioned table, "
-    "attach the existing table as the partition for its own range after adding a validated "
-    "`CHECK` on `captured_at` (no rewrite), or copy in batches during a quiet window; "
-    "`discrepancies` has no foreign key to `audit_results`, so nothing else changes.",
+    "primary key is `(id, captured_at)` (`id` keeps its sequence: identity columns on "
+    "partitioned tables need Postgres 17) and the idempotency key "
+    "`uq_audit_results_event_model_captured (event_id, model_version, captured_at)`. A "
+    "redelivered event carries the same `captured_at`, so `ON CONFLICT DO NOTHING` still "
+    "makes replays no-ops; an event id reused with another `captured_at` no longer "
+    "conflicts, so the sink looks the batch's `(event_id, model_version)` pairs up before "
+    "inserting (`worker/io/duplicates.py`; one SELECT per batch, served by the unique key's "
+    "leading columns, one index probe per partition, so it costs more the more months are "
+    "kept) and turns a reused id into a `duplicate_event_id` dead letter as before. "
+    "`bench/pg_insert.py` writes through the same sink into a copy of the table's "
+    "definition, partitioned the same way (this month and the default partition): its rate "
+    "includes the lookup, but not the probes of many months' partitions.",
+    "3. **Partitions ahead of time**: `binaudit db partitions ensure --months-ahead 2` "
+    "creates the current and the next 2 months (idempotent: run it daily from a scheduled "
+    "job). The `DEFAULT` partition catches clock-skewed or back-filled events; when a month "
+    "is created, its rows waiting there move into it in the same transaction (Postgres "
+    "refuses the new bound otherwise). `binaudit db partitions list` shows each partition's "
+    "bounds and rows and warns when the default one is not empty: alert on it.",
+    "4. **Retention by dropping partitions**: `binaudit db partitions drop --before YYYY-MM` "
+    "lists the whole months before that one, and with `--yes` detaches and drops them "
+    "(never the current month or later, never the default partition): constant time, no "
+    "bloat, no vacuum. `DETACH .. CONCURRENTLY` is not allowed while a default partition "
+    "exists, so the detach takes the parent's ACCESS EXCLUSIVE lock for milliseconds (with a "
+    "5 s lock timeout). Archive a month first (e.g. `COPY` to Parquet in S3) if audits need "
+    "it; the retention period (e.g. 13 months to cover a year-over-year audit) is a business "
+    "decision; the storage per month is in the table above.",
+    "5. **Migration 0010** copies the rows into the partitioned table (ids, views, grants "
+    "kept; every month that holds rows gets its partition) under an ACCESS EXCLUSIVE lock: "
+    "writers wait for the copy, fine for the few million rows of this project. For a big "
+    "existing table its docstring gives the no-rewrite path: a validated `CHECK` on "
+    "`captured_at`, indexes built `CONCURRENTLY`, then `ATTACH PARTITION` of the old table "
+    "as one partition for its whole range. Its downgrade goes back to the plain table. "
+    "Tested on the real Postgres: `tests/migrations/test_partitioning.py` (rows, ids, views, "
+    "grants, partition of each row, downgrade and upgrade again), "
+    "`tests/core/test_partitions.py` and `tests/migrations/test_partitions_cli.py` (ensure, "
+    "list, drop), `tests/worker/io/test_pg_sink.py` (a reused id with another capture time "
+    "is a dead letter).",
     "",
     "Alternative considered: plain `DELETE` by age with a time-ordered index — simpler keys, "
     "but at 1,000 events/s it deletes ~86 M rows a day, which costs as much WAL and vacuum as "

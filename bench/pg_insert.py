@@ -3,9 +3,10 @@
 
     python -m bench.pg_insert --out bench/results/pg-insert
 
-The copy is ``CREATE TABLE <scratch>.audit_results (LIKE public.audit_results INCLUDING ALL)``
-in a throwaway schema of the configured database (only the real table's definition is read;
-the copy gets its own id sequence), dropped at the end. Rows go through
+The copy is ``CREATE TABLE <scratch>.audit_results (LIKE public.audit_results INCLUDING ALL)
+PARTITION BY RANGE (captured_at)`` with this month's partition and a default one, in a
+throwaway schema of the configured database (only the real table's definition is read; the
+copy gets its own id sequence), dropped at the end. Rows go through
 ``worker.io.pg_sink.ResultSink.write`` (``INSERT .. ON CONFLICT DO NOTHING .. RETURNING``, one
 transaction per batch) on an engine whose ``schema_translate_map`` points at the scratch
 schema. Writes OUT.json and OUT.md with the machine and the load average at start and end; a
@@ -27,6 +28,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.env import Rate, load_average, machine_info, write_result
+from core.partitions import Month, partition_name
 from core.settings import Settings
 from schemas.records import AuditVerdict, VerdictStatus
 from worker.io.pg_sink import ResultSink, WriteBatch
@@ -37,15 +39,24 @@ BATCH_SIZES = (16, 64, 256)
 CLASSES = 11  # the counter's classes 0..10: class_probabilities holds 11 floats
 
 
-def scratch_ddl(schema: str) -> list[str]:
+def scratch_ddl(schema: str, now: datetime) -> list[str]:
     """The statements that make ``schema.audit_results`` a copy of the real table's
-    definition (columns, defaults, constraints, indexes) with its own id sequence."""
+    definition (columns, defaults, constraints, indexes) with its own id sequence,
+    partitioned by month like the real one (migration 0010): the months the rows' capture
+    times fall in (up to a minute before ``now``) and a default partition."""
+    table = f'"{schema}".audit_results'
+    months = sorted({Month.of(now - timedelta(minutes=2)), Month.of(now)})
     return [
         f'CREATE SCHEMA "{schema}"',
-        f'CREATE TABLE "{schema}".audit_results (LIKE public.audit_results INCLUDING ALL)',
+        f"CREATE TABLE {table} (LIKE public.audit_results INCLUDING ALL) "
+        "PARTITION BY RANGE (captured_at)",
         f'CREATE SEQUENCE "{schema}".audit_results_id_seq',
-        f'ALTER TABLE "{schema}".audit_results ALTER COLUMN id '
+        f"ALTER TABLE {table} ALTER COLUMN id "
         f"SET DEFAULT nextval('\"{schema}\".audit_results_id_seq')",
+        *(f'CREATE TABLE "{schema}".{partition_name(m)} PARTITION OF {table} '
+          f"FOR VALUES FROM ('{m.start.isoformat()}') TO ('{m.end.isoformat()}')"
+          for m in months),
+        f'CREATE TABLE "{schema}".audit_results_default PARTITION OF {table} DEFAULT',
     ]
 
 
@@ -90,7 +101,7 @@ def measure(settings: Settings, *, repeats: int, min_seconds: float,
     with ResultSink(settings.db) as sink:
         base = sink.engine
         with base.begin() as conn:
-            for stmt in scratch_ddl(schema):
+            for stmt in scratch_ddl(schema, datetime.now(UTC)):
                 conn.execute(text(stmt))
         try:
             sink._engine = base.execution_options(schema_translate_map={None: schema})
@@ -112,11 +123,12 @@ def measure(settings: Settings, *, repeats: int, min_seconds: float,
             with base.connect() as conn:
                 stored = int(conn.execute(text(
                     f'SELECT count(*) FROM "{schema}".audit_results')).scalar_one())
-                total = int(conn.execute(text(
-                    f"SELECT pg_total_relation_size('\"{schema}\".audit_results')"))
-                    .scalar_one())
-                heap = int(conn.execute(text(
-                    f"SELECT pg_relation_size('\"{schema}\".audit_results')")).scalar_one())
+                # A partitioned table holds nothing itself: sum its partitions (with their
+                # indexes and TOAST for the total).
+                tree = f"pg_partition_tree('\"{schema}\".audit_results')"
+                total, heap = (int(x) for x in conn.execute(text(
+                    f"SELECT sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)) "
+                    f"FROM {tree} WHERE isleaf")).one())
         finally:
             sink._engine = base
             with base.begin() as conn:
@@ -143,7 +155,9 @@ def render_md(result: dict[str, Any]) -> str:
         "",
         "The worker's own write (`ResultSink.write`: INSERT .. ON CONFLICT DO NOTHING .. "
         "RETURNING, one transaction per batch; verdict rows only, no discrepancy rows) into "
-        "`CREATE TABLE .. (LIKE audit_results INCLUDING ALL)` in a throwaway schema, "
+        "`CREATE TABLE .. (LIKE audit_results INCLUDING ALL) PARTITION BY RANGE (captured_at)` "
+        "with the month's partition, in a throwaway schema; the sink looks each batch's "
+        "event ids up before inserting (the partitioned key includes the capture time); "
         f"{result['repeats']} interleaved windows of ≥ {result['min_seconds']:g} s per batch "
         "size; only the write is timed (building the rows is not). Postgres shares the machine "
         "with this process.",

@@ -91,6 +91,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         lines += ["## End to end with the real counter vs model alone vs per-event", ""]
         lines += _table(["run", "events/s", "note"], s["rows"])
         lines += [f"- {note}" for note in s["notes"]] + [""]
+        for t in s.get("tables", []):
+            lines += [f"### {t['title']}", ""] + _table(t["header"], t["rows"])
     if summary.get("local"):
         s = summary["local"]
         lines += ["## In-process pipeline (local source, no Kafka)", ""]

@@ -46,8 +46,13 @@ class Profile:
     component_events: int
     pg_rows: int
     memory_events: int  # and 10× that
-    e2e_target_s: float
     e2e_min_events: int
+    # e2e rounds (issue 24): how many, the worker's work per round, each model-alone window,
+    # and the idle wait before the settled load is read.
+    e2e_rounds: int
+    e2e_round_s: float
+    e2e_window_s: float
+    e2e_settle_s: float
     baseline_s: float
     local_events: int
     sweep_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
@@ -61,14 +66,16 @@ def profile(device: str, quick: bool) -> Profile:
                        variants=["fp32", "channels_last"] if not cuda else ["bf16+cl"],
                        repeats=1, min_seconds=0.3, ceiling_events=300, ceiling_repeats=1,
                        component_events=200, pg_rows=100, memory_events=100,
-                       e2e_target_s=15, e2e_min_events=48, baseline_s=8, local_events=200,
+                       e2e_min_events=48, e2e_rounds=2, e2e_round_s=8, e2e_window_s=1.0,
+                       e2e_settle_s=5, baseline_s=8, local_events=200,
                        sweep_batch_sizes=[1, 4])
     return Profile(batch_sizes=[1, 2, 4, 8, 16, 32] if not cuda else [1, 8, 32, 64, 128, 256],
                    variants=["fp32", "channels_last"] if not cuda
                    else ["fp32", "channels_last", "bf16", "bf16+cl"],
                    repeats=3, min_seconds=1.0, ceiling_events=1200, ceiling_repeats=3,
                    component_events=700, pg_rows=700, memory_events=300,
-                   e2e_target_s=120, e2e_min_events=200, baseline_s=45, local_events=2000)
+                   e2e_min_events=200, e2e_rounds=4, e2e_round_s=40, e2e_window_s=5.0,
+                   e2e_settle_s=75, baseline_s=45, local_events=2000)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,7 +129,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               for n in (prof.memory_events, 10 * prof.memory_events)]
     if "e2e" in wanted:
         sections["e2e"] = runner.run("e2e", {
-            **base, "batch_size": batch, "target_seconds": prof.e2e_target_s,
+            **base, "batch_size": batch, "rounds": prof.e2e_rounds,
+            "round_seconds": prof.e2e_round_s, "window_seconds": prof.e2e_window_s,
+            "settle_s": prof.e2e_settle_s, "tune_streams": _ints(args.tune_streams),
             "min_events": prof.e2e_min_events, "baseline_seconds": prof.baseline_s,
             "events": args.events, "backends": args.backends.split(",") if args.backends
             else list(DEFAULT_BACKENDS.get(device, ("eager",))),
@@ -144,6 +153,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.keep_work:
         shutil.rmtree(work / "artifacts", ignore_errors=True)
     return results
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def merge(path: Path, new: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sections", default="model,compile,decode,ceiling,memory,e2e,startup",
                    help="comma list of model,compile,decode,ceiling,memory,e2e,startup,local")
     p.add_argument("--batch-size", type=int, help="worker batch size (default: settings)")
-    p.add_argument("--events", type=int, default=0, help="e2e events (default: ~2 min worth)")
+    p.add_argument("--events", type=int, default=0,
+                   help="e2e events per round (default: the profile's seconds of work)")
+    p.add_argument("--tune-streams", default="1,2",
+                   help="e2e: inference stream counts to sweep and autotune over (comma list)")
     p.add_argument("--db-name", default="binaudit_bench")
     p.add_argument("--wait-s", type=float, default=600,
                    help="wait up to this long for a quiet machine (0: do not wait)")

@@ -7,8 +7,8 @@ timeout the orchestrator can enforce. Scenarios:
 * ``decode``    preprocessing methods per core, and batched GPU decode on CUDA;
 * ``ceiling``   null-model worker end to end + each I/O component alone, same process;
 * ``null-worker`` the null-model worker alone (memory against the number of events);
-* ``e2e``       model alone → worker end to end → per-event baseline → model alone again,
-                all with the same loaded counter (ratios from one process, one run);
+* ``e2e``       start-up tuning, the backend sweep, the per-event baseline, then rounds of
+                model alone and the worker end to end, alternating (``bench.e2e``);
 * ``local``     in-process pipeline fed from memory vs model alone vs per-event (GPU script);
 * ``backends``  model alone per inference backend × batch size (GPU script's sweep).
 """
@@ -36,7 +36,7 @@ class ScenarioConfig:
     device: str = "cpu"
     artifact: str | None = None
     db_name: str = "binaudit_bench"
-    events: int = 0  # 0: size from target_seconds (e2e) or a default
+    events: int = 0  # 0: size from round_seconds (e2e), target_seconds (local) or a default
     min_events: int = 200
     max_events: int = 5000
     target_seconds: float = 120.0
@@ -60,7 +60,14 @@ class ScenarioConfig:
     # worker at ``batch_size`` as before autotuning); their batch sizes; the tuning cache.
     backends: list[str] = field(default_factory=list)
     sweep_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    tune_streams: list[int] = field(default_factory=lambda: [1, 2])
     cache_dir: str | None = None
+    # e2e rounds: model alone windows of ``window_seconds`` per configuration, then the
+    # worker on ~``round_seconds`` of work; after the last, ``settle_s`` idle, then the load.
+    rounds: int = 4
+    round_seconds: float = 40.0
+    window_seconds: float = 5.0
+    settle_s: float = 75.0
 
 
 def _inference_overrides(cfg: ScenarioConfig, **inference: object) -> dict[str, object]:
@@ -70,7 +77,7 @@ def _inference_overrides(cfg: ScenarioConfig, **inference: object) -> dict[str, 
     return extra
 
 
-def _settings(cfg: ScenarioConfig, *, worker: dict[str, object] | None = None,
+def service_settings(cfg: ScenarioConfig, *, worker: dict[str, object] | None = None,
               **inference: object) -> Any:
     """Settings for scenarios that use the services (bench database, bucket)."""
     from bench.services import bench_settings
@@ -90,7 +97,7 @@ def _local_settings(cfg: ScenarioConfig) -> Any:
         update=_inference_overrides(cfg))})
 
 
-def _preprocessor(settings: Any, card: Any) -> Any:
+def preprocessor_for(settings: Any, card: Any) -> Any:
     from bench.components import limits_of
     from core.model.preprocess import Preprocessor
 
@@ -153,7 +160,7 @@ def scenario_ceiling(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.services import published_topic
     from robots.publisher import build_events
 
-    settings = _settings(cfg, worker={"exit_when_idle_s": 3.0})
+    settings = service_settings(cfg, worker={"exit_when_idle_s": 3.0})
     events = cfg.events or 2000
     null = NullCounter(224, "cpu")
     with published_topic(settings, events) as topic:
@@ -162,18 +169,18 @@ def scenario_ceiling(cfg: ScenarioConfig) -> dict[str, Any]:
                            count=min(events, cfg.component_events), loop=True)
         components = measure_all(
             settings, topic=topic, events=evs, images=sample_images(),
-            preprocessor=_preprocessor(settings, null.card), prediction=null.infer(
+            preprocessor=preprocessor_for(settings, null.card), prediction=null.infer(
                 torch.zeros(1))[0], repeats=cfg.repeats,
             pg_transaction_sizes=cfg.pg_transaction_sizes, pg_rows=cfg.pg_rows)
     return {"events": events, "worker_runs": runs,
             "events_per_s": statistics.median(r["events_per_s"] for r in runs),
-            "components": components, "settings": _worker_knobs(settings)}
+            "components": components, "settings": worker_knobs(settings)}
 
 
 def scenario_null_worker(cfg: ScenarioConfig) -> dict[str, Any]:
     from bench.services import published_topic
 
-    settings = _settings(cfg, worker={"exit_when_idle_s": 3.0})
+    settings = service_settings(cfg, worker={"exit_when_idle_s": 3.0})
     with published_topic(settings, cfg.events) as topic:
         run = _null_worker_runs(cfg, settings, topic, cfg.events, 1)[0]
     return {"events": cfg.events, "run": run, "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
@@ -181,13 +188,14 @@ def scenario_null_worker(cfg: ScenarioConfig) -> dict[str, Any]:
 
 def scenario_backends(cfg: ScenarioConfig) -> dict[str, Any]:
     """Model alone per backend × batch size (no services: the GPU script's sweep)."""
-    from bench.backends import best_row, sweep
+    from bench.backends import best_row, sweep, sweep_streams
 
     assert cfg.artifact, "backends needs an artifact"
     cache = Path(cfg.cache_dir or Path(cfg.artifact).parent / "inference-cache")
-    rows, _ = sweep(Path(cfg.artifact), torch.device(cfg.device), cfg.backends or ["eager"],
+    device = torch.device(cfg.device)
+    rows, _ = sweep(Path(cfg.artifact), device, cfg.backends or ["eager"],
                     cfg.sweep_batch_sizes, repeats=cfg.repeats, min_seconds=cfg.min_seconds,
-                    cache_dir=cache)
+                    cache_dir=cache, streams=sweep_streams(device, cfg.tune_streams))
     return {"backends": rows, "best": best_row(rows)}
 
 
@@ -201,115 +209,11 @@ def scenario_startup(cfg: ScenarioConfig) -> dict[str, Any]:
                            cfg.sweep_batch_sizes)
 
 
-def _tuned_counter(cfg: ScenarioConfig, inference: Any) -> tuple[Any, dict[str, Any]]:
-    """The worker's start-up twice: cold (tunes, fills the cache) then warm (reads it)."""
-    import time
-
-    from inference.autotune import open_counter
-
-    times: dict[str, Any] = {}
-    for phase in ("cold", "warm"):
-        started = time.perf_counter()
-        counter = open_counter(inference)
-        warm_up = counter.warm_up()
-        times[f"{phase}_s"] = round(time.perf_counter() - started, 1)
-        times[f"{phase}_warm_up_s"] = round(warm_up, 1)
-    assert counter.tuning is not None
-    times["tuning"] = counter.tuning.model_dump(mode="json")
-    return counter, times
-
-
-def _model_alone(counters: dict[str, tuple[Any, int]], cfg: ScenarioConfig) -> dict[str, Any]:
-    from bench.backends import measure_configs
-
-    rates = measure_configs(counters, repeats=cfg.repeats, min_seconds=cfg.min_seconds)
-    return {label: rate.as_dict() for label, rate in rates.items()}
-
-
 def scenario_e2e(cfg: ScenarioConfig) -> dict[str, Any]:
-    """Start-up (autotuned, cold and warm cache) → model alone per backend × batch → the
-    worker as tuned → per-event baseline → model alone again, one process, one run."""
-    from bench.backends import OLD_DEFAULT, Config, best_row, sweep
-    from bench.baseline import run_per_event
-    from bench.services import kafka_for, published_topic
-    from bench.worker_run import run_worker
+    """Alternating rounds of model alone and the worker end to end (``bench.e2e``)."""
+    from bench.e2e import run_e2e
 
-    assert cfg.artifact, "e2e needs an artifact"
-    artifact, device = Path(cfg.artifact), torch.device(cfg.device)
-    cache = Path(cfg.cache_dir or Path(cfg.artifact).parent / "inference-cache")
-    backends = cfg.backends or ["eager"]
-    tuning = {"backend": "auto", "max_batch_size": None, "max_wait_ms": None,
-              "tune_backends": tuple(b for b in backends if b != "eager"),
-              "tune_batch_sizes": tuple(cfg.sweep_batch_sizes), "inference_cache_dir": cache} \
-        if cfg.backends else {"backend": "eager", "max_batch_size": cfg.batch_size}
-    settings = _settings(cfg, worker={"exit_when_idle_s": 3.0}, model=str(artifact), **tuning)
-    counter, startup = _tuned_counter(cfg, settings.inference) if cfg.backends else \
-        (_eager_counter(cfg, settings.inference), {})
-    assert counter.plan is not None
-    bs = counter.plan.max_batch_size
-    rows, counters = sweep(artifact, device, backends,
-                           sorted({*cfg.sweep_batch_sizes, OLD_DEFAULT[1], 1}),
-                           repeats=cfg.repeats, min_seconds=cfg.min_seconds, cache_dir=cache)
-    best = best_row(rows)
-    assert best is not None, f"no backend ran: {rows}"
-    compare = {"worker": (counter, bs),
-               "best": (counters[Config(best["backend"], best["batch_size"])],
-                        best["batch_size"]),
-               "old_default": (counters[Config(*OLD_DEFAULT)], OLD_DEFAULT[1])}
-    before = _model_alone(compare, cfg)
-    events = cfg.events or int(min(cfg.max_events, max(
-        cfg.min_events, before["worker"]["median"] * cfg.target_seconds)))
-    log.info("worker config %s @ %d: %.2f img/s alone; %d events", counter.backend_name, bs,
-             before["worker"]["median"], events)
-    eager = counters[Config(*OLD_DEFAULT)]  # the reference deployment's model: eager, batch 1
-    with published_topic(settings, events) as topic:
-        worker = run_worker(kafka_for(settings, topic=topic), counter, expected=events)
-        log.info("worker: %s events/s", worker["events_per_s"])
-        per_event = run_per_event(kafka_for(settings, topic=topic), eager,
-                                  _preprocessor(settings, eager.card),
-                                  max_events=cfg.baseline_max_events,
-                                  max_seconds=cfg.baseline_seconds)
-        log.info("per-event: %s events/s", per_event["events_per_s"])
-    after = _model_alone(compare, cfg)
-    return _e2e_result(cfg, counter, bs, rows, best, before, after, worker, per_event,
-                       startup, events, settings)
-
-
-def _eager_counter(cfg: ScenarioConfig, inference: Any) -> Any:
-    from inference.autotune import open_counter
-
-    counter = open_counter(inference)
-    counter.warm_up()
-    return counter
-
-
-def _e2e_result(cfg: ScenarioConfig, counter: Any, bs: int, rows: list[dict[str, Any]],
-                best: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
-                worker: dict[str, Any], per_event: dict[str, Any], startup: dict[str, Any],
-                events: int, settings: Any) -> dict[str, Any]:
-    def both(label: str) -> dict[str, Any]:
-        b, a = before[label]["median"], after[label]["median"]
-        median = statistics.median([b, a])
-        return {"before": before[label], "after": after[label], "median": median,
-                "before_after_spread": round(abs(b - a) / max(median, 1e-9), 3)}
-
-    own, top, old = both("worker"), both("best"), both("old_default")
-    batch1 = next((r["images_per_s"]["median"] for r in rows if r.get("backend") == "eager"
-                   and r.get("batch_size") == 1), None)
-    rate = worker["events_per_s"]
-    return {"events": events, "batch_size": bs, "backend": counter.backend_name,
-            "max_wait_ms": counter.plan.max_wait_ms,
-            "model_alone": {**own, "batch_1": {"median": batch1}},
-            "best": {"backend": best["backend"], "batch_size": best["batch_size"], **top},
-            "old_default": {"backend": "eager", "batch_size": 16, **old},
-            "backends": rows, "startup": startup, "worker": worker, "per_event": per_event,
-            "efficiency": round(rate / top["median"], 3),
-            "efficiency_vs_own_config": round(rate / own["median"], 3),
-            "best_vs_old_default": round(top["median"] / old["median"], 2),
-            "worker_vs_old_default": round(rate / old["median"], 2),
-            "speedup_vs_per_event": round(rate / per_event["events_per_s"], 2),
-            "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
-            "settings": _worker_knobs(settings)}
+    return run_e2e(cfg)
 
 
 def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
@@ -324,7 +228,7 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
     assert cfg.artifact, "local needs an artifact"
     settings = _local_settings(cfg)
     counter = load_counter(Path(cfg.artifact), cfg.device, channels_last=cfg.channels_last)
-    pre = _preprocessor(settings, counter.card)
+    pre = preprocessor_for(settings, counter.card)
     images = sample_images(allow_synthetic=True)
     side = counter.card.input_size
     sync = torch.cuda.synchronize if counter.is_cuda else None
@@ -356,7 +260,7 @@ def scenario_local(cfg: ScenarioConfig) -> dict[str, Any]:
             "runs": runs, "per_event": per_event}
 
 
-def _worker_knobs(settings: Any) -> dict[str, Any]:
+def worker_knobs(settings: Any) -> dict[str, Any]:
     i, w = settings.inference, settings.worker
     return {"max_batch_size": i.max_batch_size, "max_wait_ms": i.max_wait_ms,
             "backend": i.backend,

@@ -238,8 +238,9 @@ def summarize_memory(sections: dict[str, Any], model: list[dict[str, Any]]) -> d
                      f"({'flat' if flat else 'NOT flat'}); throughput "
                      f"{small['events_per_s']} → {big['events_per_s']} events/s")
     e2e = sections.get("e2e")
-    if isinstance(e2e, dict) and "worker" in e2e:
-        w = e2e["worker"]
+    if isinstance(e2e, dict) and ("worker" in e2e or e2e.get("rounds")):
+        # Rounds: the last worker run (the process has run them all by then).
+        w = e2e["rounds"][-1]["worker"] if e2e.get("rounds") else e2e["worker"]
         rows.append([f"B4 worker, batch {e2e['batch_size']}", w["rows_written"],
                      w["events_per_s"], w["rss_start_mib"], w["rss_peak_mib"],
                      w["rss_growth_mib"]])

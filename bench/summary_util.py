@@ -23,12 +23,33 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.0%}"
 
 
+# The quiet rule (issue 24): a section is contended, and refuses its headline, when the
+# 1-minute load at its start or after it settled exceeds this share of the cores, or when
+# foreign processes took more than this many cores (median over its measured windows).
+BUSY_LOAD_PER_CORE = 0.75
+BUSY_FOREIGN_CORES = 0.15
+
+
 def contention(sec: dict[str, Any], cores: int) -> str | None:
-    """Why a section's numbers cannot be trusted, if the machine was busy when it started."""
-    load = (sec.get("load_average_before") or [0.0])[0]
-    if cores and load / cores > 1.0:
-        return (f"started at load {load} on {cores} cores (other jobs running): torch's "
-                f"{cores} threads then lose whole time slices, so the rates in it are not "
-                f"comparable with quiet sections; re-run it with `bench/run.sh --sections "
-                f"<name> --merge` on a quiet machine")
-    return None
+    """Why a section's numbers cannot be trusted (the machine was busy), or None.
+
+    Reads the 1-minute load before the section started (``load_average_before``, recorded by
+    the orchestrator, else the section's own ``load_at_start``), the load once the section
+    had ended and then waited with nothing running (``load_settled``: the 1-minute average
+    decays with a 60 s time constant, so what stays there was someone else's), and the
+    median foreign CPU over its windows (``foreign_cores.median``, ``bench.cpusplit``).
+    A section that recorded only its start load is judged on that alone."""
+    reasons = []
+    limit = BUSY_LOAD_PER_CORE * cores
+    start = (sec.get("load_average_before") or sec.get("load_at_start") or [0.0])[0]
+    if cores and start > limit:
+        reasons.append(f"load {start} at start > {limit:.2f} (0.75 × {cores} cores)")
+    settled = (sec.get("load_settled") or [0.0])[0]
+    if cores and settled > limit:
+        reasons.append(f"load {settled} after settling {sec.get('settle_s', '?')} s at the "
+                       f"end > {limit:.2f}")
+    foreign = (sec.get("foreign_cores") or {}).get("median")
+    if foreign is not None and foreign > BUSY_FOREIGN_CORES:
+        reasons.append(f"other processes took {foreign:.2f} cores (median over the windows) "
+                       f"> {BUSY_FOREIGN_CORES}")
+    return "; ".join(reasons) or None

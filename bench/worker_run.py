@@ -90,9 +90,11 @@ def run_worker(settings: Settings, counter: BinCounter, *, expected: int) -> dic
     window = worker.last_write - worker.first_accept
     stages = stage_seconds(worker.registry)
     cfg = settings.inference
+    streams = counter.plan.streams if counter.plan is not None else 1
     busy = {
-        # Share of the window each stage's workers were busy (1.0 = saturated).
-        "infer_thread": round(stages["infer"]["sum_s"] / window, 3),
+        # Share of the window each stage's workers were busy (1.0 = saturated); the infer
+        # stage's time is summed over its ``streams`` threads.
+        "infer_thread": round(stages["infer"]["sum_s"] / (window * streams), 3),
         "decode_pool": round(stages["decode"]["sum_s"] / (window * cfg.decode_workers), 3),
         # Little's law: mean GETs outstanding (queued or in flight) per semaphore slot;
         # >= 1 means every slot was busy all the time, i.e. S3 was the limit.
@@ -106,7 +108,8 @@ def run_worker(settings: Settings, counter: BinCounter, *, expected: int) -> dic
         "window_s": round(window, 2), "events_per_s": round(worker.rows_written / window, 2),
         "total_s_incl_startup": round(stats.seconds, 2),
         "verdicts": stats.verdicts, "dead_letters": stats.dead_letters,
-        "mean_batch_size": mean_batch(worker.registry), "stages": stages, "busy": busy,
+        "mean_batch_size": mean_batch(worker.registry), "infer_streams": streams,
+        "stages": stages, "busy": busy,
         "bottleneck": bottleneck(busy), **rss.as_dict(), **cpu.as_dict(),
         **worker.window_cpu(), **worker.rss_growth(),
     }
@@ -115,7 +118,7 @@ def run_worker(settings: Settings, counter: BinCounter, *, expected: int) -> dic
 def bottleneck(busy: dict[str, float]) -> str:
     """The most saturated stage (main-thread steps are one thread: added together)."""
     shares = {
-        "model (infer thread)": busy["infer_thread"],
+        "model (infer threads)": busy["infer_thread"],
         "decode pool": busy["decode_pool"],
         "S3 fetch (GETs outstanding per concurrency slot)": busy["s3_outstanding_per_slot"],
         "main thread (Kafka poll/parse, Postgres write, commit)":

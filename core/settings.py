@@ -189,7 +189,12 @@ class InferenceSettings(BaseModel):
     # What autotuning tries; empty = the device's defaults (inference/backends/registry.py).
     tune_backends: tuple[BackendName, ...] = ()
     tune_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    # Timed seconds per (backend, batch size) candidate, after one warm-up forward.
+    # Inference streams: threads that each run whole batches side by side, with the CPU's
+    # threads split between them (a backend that allows concurrent calls; always 1 on CUDA).
+    # None: autotuning tries ``tune_streams``; a number pins it.
+    streams: int | None = Field(None, ge=1, le=64)
+    tune_streams: tuple[int, ...] = (1, 2)
+    # Timed seconds per (backend, batch size, streams) candidate, after one warm-up forward.
     tune_seconds: float = Field(1.0, gt=0)
     # Tuning results, exported/compiled forms missing from the artifact, compile caches.
     inference_cache_dir: Path = Path.home() / ".cache" / "binaudit" / "inference"

@@ -41,6 +41,10 @@ model_versions = Table(
     Column("sha256", Text, nullable=True),
 )
 
+# Range-partitioned by month of captured_at (migration 0010; partitions are made by the
+# migration and `binaudit db partitions ensure`, not here). Postgres wants the partition key
+# in every unique key: the primary key is (id, captured_at) and the idempotency key
+# (event_id, model_version, captured_at); the sink looks (event_id, model_version) up itself.
 audit_results = Table(
     "audit_results",
     metadata,
@@ -48,7 +52,7 @@ audit_results = Table(
     Column("event_id", Text, nullable=False),
     Column("bin_id", Text, nullable=False),
     Column("image_uri", Text, nullable=False),
-    Column("captured_at", DateTime(timezone=True), nullable=False),
+    Column("captured_at", DateTime(timezone=True), primary_key=True, nullable=False),
     Column("station_id", Text, nullable=True),
     Column("robot_id", Text, nullable=True),
     Column("expected_quantity", Integer, nullable=False),
@@ -64,10 +68,12 @@ audit_results = Table(
     Column("partition", Integer, nullable=False),
     Column("offset", BigInteger, nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    UniqueConstraint("event_id", "model_version", name="uq_audit_results_event_model"),
+    UniqueConstraint("event_id", "model_version", "captured_at",
+                     name="uq_audit_results_event_model_captured"),
     CheckConstraint(
         "status IN ('match','mismatch','uncertain','unsupported')", name="ck_audit_results_status"
     ),
+    postgresql_partition_by="RANGE (captured_at)",
 )
 Index("ix_audit_results_captured_at", audit_results.c.captured_at)
 Index("ix_audit_results_bin_id", audit_results.c.bin_id)

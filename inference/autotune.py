@@ -1,8 +1,12 @@
-"""Start-up autotuning: measure the device's backends × batch sizes, keep the fastest.
+"""Start-up autotuning: measure the device's backends × batch sizes × streams, keep the fastest.
 
 ``open_counter`` is the one call the front ends make (worker, serve, replay): it loads the
 artifact, picks the backend and batch size (pinned by settings, read from the tuning cache,
 or measured now), and returns a :class:`BinCounter` whose ``plan`` the micro-batcher follows.
+Streams are infer threads running whole batches side by side, the CPU's threads split between
+them: on a small CPU, independent single-thread passes waste less than one pass whose threads
+meet at every operator (bench/results/vm-cpu-backends.md vs vm-cpu-one-stream.md: 9 % faster
+alone, 7 % end to end on 2 cores).
 Results are cached per artifact (hash of model.pt + model.json) and device (model, threads,
 library versions, candidates) in ``inference.inference_cache_dir``, so a restart does not measure
 again. A backend that cannot run here is logged with its reason and skipped; eager PyTorch is
@@ -16,7 +20,6 @@ import hashlib
 import json
 import logging
 import platform
-import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +35,14 @@ from inference.backends import Backend, BackendUnavailable, LoadContext, load_ba
 from inference.backends.registry import default_candidates
 from inference.batching import BatchPlan
 from inference.counter import BinCounter, resolve_device
+from inference.measure import (
+    Config,
+    Measurement,
+    choose,
+    measure_interleaved,
+    threads_per_stream,
+    wait_ms_for,
+)
 from inference.parity import (
     ParityReport,
     backend_logits,
@@ -42,35 +53,8 @@ from inference.parity import (
 
 log = logging.getLogger(__name__)
 
-# The deadline is one forward pass of the chosen batch, within these bounds (ms): waiting
-# longer than a forward buys no throughput (the next batch fills while this one runs).
-MIN_WAIT_MS, MAX_WAIT_MS = 5, 1000
 # Backends compiled for one static shape: measured with one build per batch size.
 STATIC_SHAPE = ("compiled",)
-# Interleaved passes over every configuration: each yields one throughput per configuration,
-# and their spread says how far apart two configurations must be to differ at all.
-ROUNDS = 3
-
-
-class Measurement(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    backend: str
-    batch_size: int
-    images_per_s: float  # the median of the rounds' throughputs
-    seconds_per_batch: float
-    # The slowest and the fastest round (None in caches written before rounds were kept).
-    rate_min: float | None = None
-    rate_max: float | None = None
-
-    @property
-    def low(self) -> float:
-        return self.images_per_s if self.rate_min is None else self.rate_min
-
-    @property
-    def high(self) -> float:
-        return self.images_per_s if self.rate_max is None else self.rate_max
-
 
 class TuneResult(BaseModel):
     """What autotuning measured and chose (the cache file's content)."""
@@ -81,6 +65,7 @@ class TuneResult(BaseModel):
     batch_size: int
     max_wait_ms: int
     images_per_s: float
+    streams: int = 1
     measurements: list[Measurement]
     skipped: dict[str, str]
     parity: dict[str, float]
@@ -91,7 +76,7 @@ class TuneResult(BaseModel):
 
     @property
     def plan(self) -> BatchPlan:
-        return BatchPlan(self.batch_size, self.max_wait_ms)
+        return BatchPlan(self.batch_size, self.max_wait_ms, self.streams)
 
 
 def artifact_fingerprint(artifact: Path) -> str:
@@ -135,52 +120,6 @@ def _versions() -> str:
     return ", ".join(found) or "no exported-model runtimes"
 
 
-def measure_interleaved(pairs: list[tuple[Backend, int]], input_size: int,
-                       seconds: float) -> list[Measurement]:
-    """Images/s of each (backend, batch size): one warm-up forward each, then ROUNDS passes
-    over all of them, ``seconds / ROUNDS`` (at least one forward) per configuration and pass.
-    Each pass gives every configuration one throughput (images over the window's forwards);
-    the median is its rate and min..max its spread. Interleaving exposes every configuration
-    to the same drift in load, so their spreads are comparable."""
-    inputs = [torch.randn(bs, 3, input_size, input_size) for _, bs in pairs]
-    for (backend, _), x in zip(pairs, inputs, strict=True):
-        backend.logits(x)
-    rates: list[list[float]] = [[] for _ in pairs]
-    for _ in range(ROUNDS):
-        for i, ((backend, bs), x) in enumerate(zip(pairs, inputs, strict=True)):
-            started = time.perf_counter()
-            until, runs = started + seconds / ROUNDS, 0
-            while runs < 1 or time.perf_counter() < until:
-                out = backend.logits(x)
-                if out.is_cuda:
-                    torch.cuda.synchronize(out.device)
-                runs += 1
-            rates[i].append(bs * runs / (time.perf_counter() - started))
-    return [_measurement(backend.name, bs, r) for (backend, bs), r in zip(pairs, rates,
-                                                                          strict=True)]
-
-
-def _measurement(backend: str, batch_size: int, rates: list[float]) -> Measurement:
-    median = statistics.median(rates)
-    return Measurement(backend=backend, batch_size=batch_size, images_per_s=median,
-                       seconds_per_batch=batch_size / median, rate_min=min(rates),
-                       rate_max=max(rates))
-
-
-def choose(measurements: list[Measurement]) -> Measurement:
-    """The configuration with the best median, unless it does not beat the others beyond
-    their spread: every configuration whose fastest round reaches the best one's slowest is
-    as fast as far as the measurement can tell, and among those the one with the highest
-    slowest round wins (the most dependable), then the smaller batch (less latency)."""
-    best = max(measurements, key=lambda m: m.images_per_s)
-    tied = [m for m in measurements if m.high >= best.low]
-    return max(tied, key=lambda m: (m.low, -m.batch_size))
-
-
-def wait_ms_for(m: Measurement) -> int:
-    return int(min(MAX_WAIT_MS, max(MIN_WAIT_MS, round(m.seconds_per_batch * 1000))))
-
-
 class Tuner:
     """Loads, checks and measures the candidate backends of one artifact on one device."""
 
@@ -197,11 +136,11 @@ class Tuner:
     def model(self) -> nn.Module:
         return load_artifact(self.artifact, map_location="cpu")[0]
 
-    def context(self, max_batch_size: int) -> LoadContext:
+    def context(self, max_batch_size: int, streams: int = 1) -> LoadContext:
         return LoadContext(artifact=self.artifact, card=self.card, device=self.device,
                            load_model=lambda: load_artifact(self.artifact)[0],
                            cache_dir=self.cache_dir, max_batch_size=max_batch_size,
-                           threads=torch.get_num_threads())
+                           threads=threads_per_stream(streams), streams=streams)
 
     @property
     def pinned(self) -> bool:
@@ -221,14 +160,25 @@ class Tuner:
             return (self.inference.max_batch_size,)
         return tuple(sorted(set(self.inference.tune_batch_sizes)))
 
+    def streams(self) -> tuple[int, ...]:
+        """Stream counts to try: the pinned one, else ``tune_streams`` up to the CPU's
+        threads; one on a GPU (its batches already run one after another on the device)."""
+        if self.inference.streams is not None:
+            return (self.inference.streams,)
+        if self.device.type != "cpu":
+            return (1,)
+        found = sorted({n for n in self.inference.tune_streams
+                        if 1 <= n <= torch.get_num_threads()})
+        return tuple(found) or (1,)
+
     def cache_file(self) -> Path:
         key = json.dumps([device_description(self.device), self.candidates(),
-                          self.batch_sizes(), self.inference.tune_seconds])
+                          self.batch_sizes(), self.streams(), self.inference.tune_seconds])
         return self.cache_dir / f"tune-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
-    def load(self, name: str, max_batch_size: int) -> Backend:
+    def load(self, name: str, max_batch_size: int, streams: int = 1) -> Backend:
         """Build one backend and hold it to the eager model on a seeded random batch."""
-        backend = load_backend(name, self.context(max_batch_size))
+        backend = load_backend(name, self.context(max_batch_size, streams))
         if name == "eager":
             return backend
         report = self.parity(backend)
@@ -249,28 +199,29 @@ class Tuner:
         return reference_logits(self.model, [x])
 
     def tune(self) -> tuple[TuneResult, Backend]:
-        """Measure every candidate at every batch size; return the choice and its backend."""
+        """Measure every candidate at every batch size and stream count; return the choice
+        and its backend."""
         started = time.perf_counter()
         sizes = self.batch_sizes()
         skipped: dict[str, str] = {}
-        pairs: list[tuple[Backend, int]] = []
+        configs: list[Config] = []
         for name in self.candidates():
             found = self._instances(name, sizes, skipped)
-            pairs += found
+            configs += found
             if found and self.pinned:  # a pinned backend that runs: no fallback to measure
                 break
-        if not pairs:
+        if not configs:
             raise BackendUnavailable(f"no backend could run: {skipped}")
-        measurements = measure_interleaved(pairs, self.card.input_size,
+        measurements = measure_interleaved(configs, self.card.input_size,
                                            self.inference.tune_seconds)
         for m in measurements:
-            log.info("autotune: %s at batch %d: %.1f images/s", m.backend, m.batch_size,
-                     m.images_per_s)
+            log.info("autotune: %s: %.1f images/s (rounds %.1f-%.1f)", m.label,
+                     m.images_per_s, m.low, m.high)
         chosen = choose(measurements)
-        backend = next(b for b, bs in pairs
-                       if b.name == chosen.backend and bs == chosen.batch_size)
+        backend = next(b for b, bs, n in configs if b.name == chosen.backend
+                       and bs == chosen.batch_size and n == chosen.streams)
         result = TuneResult(
-            backend=chosen.backend, batch_size=chosen.batch_size,
+            backend=chosen.backend, batch_size=chosen.batch_size, streams=chosen.streams,
             max_wait_ms=wait_ms_for(chosen), images_per_s=chosen.images_per_s,
             measurements=measurements, skipped=skipped, parity=dict(self._parity),
             device=device_description(self.device), artifact=self.fingerprint,
@@ -278,18 +229,24 @@ class Tuner:
         return result, backend
 
     def _instances(self, name: str, sizes: tuple[int, ...],
-                   skipped: dict[str, str]) -> list[tuple[Backend, int]]:
-        """(backend, batch size) pairs to measure; a static-shape backend is built per size."""
+                   skipped: dict[str, str]) -> list[Config]:
+        """(backend, batch size, streams) to measure: one backend per stream count (its
+        threads differ), and per batch size for a static-shape one. A backend that cannot be
+        called from several threads runs as one stream only."""
         per_size = name in STATIC_SHAPE
-        pairs: list[tuple[Backend, int]] = []
+        configs: list[Config] = []
         try:
-            shared = None if per_size else self.load(name, max(sizes))
-            for bs in sizes:
-                pairs.append((self.load(name, bs) if shared is None else shared, bs))
+            for streams in self.streams():
+                if configs and not configs[0][0].concurrent:
+                    break
+                shared = None if per_size else self.load(name, max(sizes), streams)
+                for bs in sizes:
+                    backend = self.load(name, bs, streams) if shared is None else shared
+                    configs.append((backend, bs, streams if backend.concurrent else 1))
         except BackendUnavailable as exc:
             skipped[name] = str(exc)
             log.warning("backend %s skipped: %s", name, exc)
-        return pairs
+        return configs
 
 
 def read_cached(path: Path) -> TuneResult | None:
@@ -314,9 +271,9 @@ def log_result(result: TuneResult, *, cached: bool) -> None:
     """The choice and its numbers, one line each (the metrics carry the same)."""
     source = f"cached, tuned {result.tuned_at:%Y-%m-%d %H:%M}Z" if cached else \
         f"measured in {result.tune_seconds:.1f}s"
-    log.info("inference: %s at batch %d, max wait %d ms, %.1f images/s (%s) on %s",
-             result.backend, result.batch_size, result.max_wait_ms, result.images_per_s,
-             source, result.device)
+    log.info("inference: %s at batch %d x%d streams, max wait %d ms, %.1f images/s (%s) on %s",
+             result.backend, result.batch_size, result.streams, result.max_wait_ms,
+             result.images_per_s, source, result.device)
     for name, reason in result.skipped.items():
         log.info("inference: backend %s not used: %s", name, reason)
 
@@ -330,7 +287,8 @@ def tune_artifact(artifact: Path, inference: InferenceSettings, *, force: bool =
     cached = None if force else read_cached(path)
     if cached is not None:
         try:
-            backend = load_backend(cached.backend, tuner.context(cached.batch_size))
+            backend = load_backend(cached.backend,
+                                   tuner.context(cached.batch_size, cached.streams))
             return cached, backend, tuner.card, True
         except BackendUnavailable as exc:  # e.g. a runtime uninstalled since: tune again
             log.warning("cached choice %s cannot load (%s); tuning again", cached.backend, exc)

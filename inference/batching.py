@@ -18,6 +18,8 @@ class BatchPlan:
 
     max_batch_size: int
     max_wait_ms: int
+    # Infer threads taking whole batches side by side (inference/pipeline.py).
+    streams: int = 1
 
 
 @dataclass

@@ -30,11 +30,12 @@ class PipelineMetrics:
                                        ["stage"], buckets=LATENCY_BUCKETS,
                                        registry=self.registry)
         self.backend = Gauge("binaudit_inference_backend",
-                             "1 for the inference backend and batch size in use",
-                             ["backend", "max_batch_size"], registry=self.registry)
+                             "1 for the inference backend, batch size and streams in use",
+                             ["backend", "max_batch_size", "streams"], registry=self.registry)
         self.autotune_rate = Gauge("binaudit_autotune_images_per_second",
                                    "Model-alone images/s measured by autotuning",
-                                   ["backend", "batch_size"], registry=self.registry)
+                                   ["backend", "batch_size", "streams"],
+                                   registry=self.registry)
         self.autotune_seconds = Gauge("binaudit_autotune_seconds",
                                       "How long the last tuning measured (as cached)",
                                       registry=self.registry)
@@ -75,14 +76,15 @@ class PipelineMetrics:
         self.stage_seconds.labels("infer").observe(seconds)
 
     def observe_backend(self, backend: str, max_batch_size: int,
-                        tuning: TuneResult | None) -> None:
+                        tuning: TuneResult | None, streams: int = 1) -> None:
         """The backend in use and, when it was autotuned, every rate that was measured."""
-        self.backend.labels(backend, str(max_batch_size)).set(1)
+        self.backend.labels(backend, str(max_batch_size), str(streams)).set(1)
         if tuning is None:
             return
         self.autotune_seconds.set(tuning.tune_seconds)
         for m in tuning.measurements:
-            self.autotune_rate.labels(m.backend, str(m.batch_size)).set(m.images_per_s)
+            self.autotune_rate.labels(m.backend, str(m.batch_size), str(m.streams)).set(
+                m.images_per_s)
 
     def observe_models(self, deployment: str, production: str, shadow: str | None) -> None:
         """``binaudit_model_info`` names the versions running now, and only those."""

@@ -37,10 +37,11 @@ from inference.batching import BatchPlan, MicroBatcher
 from inference.compare import Prediction
 from inference.counter import BinCounter
 from inference.faults import FaultBoard
+from inference.forward import Result, SplittingForward
 from inference.images import FetcherStopped, ImageFetcher
 from inference.metrics import PipelineMetrics
 from inference.positions import Position
-from inference.retries import Backoff, is_out_of_memory
+from inference.retries import Backoff
 from inference.shadow import ShadowBatch, ShadowRunner
 from schemas.events import BinEvent
 from schemas.records import ErrorKind, EventError
@@ -51,11 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL = "model"  # the dependency's name on the FaultBoard and in metrics
-# Forward passes at a size reduced after an out-of-memory error before the size is doubled
-# again (the memory may have been taken by something else for a while).
-REGROW_AFTER = 100
-
-Result = Prediction | Exception  # one image's forward-pass result
 
 
 @dataclass
@@ -130,7 +126,8 @@ class InferencePipeline:
         self.on_outcome = on_outcome
         self.fetcher = fetcher
         self.metrics = metrics or PipelineMetrics.disabled()
-        self.metrics.observe_backend(counter.backend_name, config.max_batch_size, counter.tuning)
+        self.metrics.observe_backend(counter.backend_name, config.max_batch_size, counter.tuning,
+                                     streams_of(counter))
         self._batcher: MicroBatcher[tuple[WorkItem, torch.Tensor]] = MicroBatcher(
             config.max_batch_size, config.max_wait_s)
         self._ready: collections.deque[list[tuple[WorkItem, torch.Tensor]]] = collections.deque()
@@ -144,18 +141,18 @@ class InferencePipeline:
         self._shadow_counter = shadow
         self._shadow: ShadowRunner | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._thread: threading.Thread | None = None
-        # Largest forward pass since an out-of-memory error (None: the whole batch); the
-        # inference thread's own.
-        self._forward_cap: int | None = None
-        self._capped_passes = 0
+        # One infer thread per inference stream of the current model (autotuning's plan);
+        # a swap to a model with fewer streams lets the extra threads end.
+        self._streams = streams_of(counter)
+        self._threads: dict[int, threading.Thread] = {}
+        self._forwarder = SplittingForward(config.max_batch_size)
 
     # ---- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> InferencePipeline:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.config.decode_workers,
                                                            thread_name_prefix="decode")
-        self._thread = threading.Thread(target=self._batch_loop, name="infer", daemon=True)
-        self._thread.start()
+        with self._cond:
+            self._start_streams()
         self._shadow = self._start_shadow(self._shadow_counter)
         return self
 
@@ -163,8 +160,8 @@ class InferencePipeline:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        for thread in list(self._threads.values()):
+            thread.join(timeout=60)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._shadow is not None:
@@ -234,10 +231,14 @@ class InferencePipeline:
             with self._cond:
                 self.counter = models.production
                 self.preprocess = Preprocessor(models.production.card, self.preprocess.limits)
-                self._forward_cap, self._capped_passes = None, 0  # another model's memory
+                self._forwarder.reset()  # another model's memory
                 self._shadow = self._start_shadow(models.shadow)
+                self._streams = streams_of(models.production)
+                self._start_streams()
+                self._cond.notify_all()  # threads beyond the new count end
             self.metrics.observe_backend(models.production.backend_name,
-                                         self.config.max_batch_size, models.production.tuning)
+                                         self.config.max_batch_size, models.production.tuning,
+                                         streams_of(models.production))
             return True
         finally:
             with self._cond:
@@ -292,10 +293,23 @@ class InferencePipeline:
                 self._ready.append(closed)
             self._cond.notify_all()
 
-    def _next_batch(self) -> list[tuple[WorkItem, torch.Tensor]] | None:
-        """Block until a batch is due (full, past its deadline, or draining)."""
+    def _start_streams(self) -> None:
+        """Start the infer threads the current stream count lacks (holding ``_cond``)."""
+        for index in range(self._streams):
+            thread = self._threads.get(index)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._batch_loop, args=(index,),
+                                          name=f"infer-{index}", daemon=True)
+                self._threads[index] = thread
+                thread.start()
+
+    def _next_batch(self, index: int) -> list[tuple[WorkItem, torch.Tensor]] | None:
+        """Block until a batch is due (full, past its deadline, or draining); None ends the
+        thread (stopping, or its stream is beyond the current model's count)."""
         with self._cond:
             while True:
+                if index >= self._streams:
+                    return None
                 if self._ready:
                     return self._ready.popleft()
                 batch = self._batcher.poll(time.monotonic())
@@ -309,8 +323,8 @@ class InferencePipeline:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._cond.wait(timeout=wait if wait is not None else 0.5)
 
-    def _batch_loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
+    def _batch_loop(self, index: int) -> None:
+        while (batch := self._next_batch(index)) is not None:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[WorkItem, torch.Tensor]]) -> None:
@@ -320,7 +334,7 @@ class InferencePipeline:
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             started = time.perf_counter()
-            results = self._forward(counter, stacked)
+            results = self._forwarder.run(lambda b: self._infer(counter, b), stacked)
             if any(isinstance(r, Prediction) for r in results):
                 break
             # Every image failed: the model's failure (broken artifact, no memory at all),
@@ -344,47 +358,6 @@ class InferencePipeline:
             self._shadow.offer(items, stacked, production_version=counter.version)
         for item, result in zip(items, results, strict=True):
             self._finish(_outcome(item, result, counter.version))
-
-    def _forward(self, counter: BinCounter, batch: torch.Tensor) -> list[Result]:
-        """One result per image: the batch in passes of at most the current cap."""
-        size = int(batch.shape[0])
-        cap = self._forward_cap or size
-        results: list[Result] = []
-        for i in range(0, size, cap):
-            results.extend(self._forward_split(counter, batch[i:i + cap], splitting=False))
-        if self._forward_cap is not None and cap == self._forward_cap:
-            self._capped_passes += 1
-            if self._capped_passes >= REGROW_AFTER:
-                grown = cap * 2 if cap * 2 < self.config.max_batch_size else None
-                self._forward_cap, self._capped_passes = grown, 0
-                log.info("trying forward passes of up to %d images again",
-                         grown or self.config.max_batch_size)
-        return results
-
-    def _forward_split(self, counter: BinCounter, batch: torch.Tensor, *,
-                       splitting: bool) -> list[Result]:
-        """Run ``batch``; out of memory (or any failure once splitting) splits it in halves,
-        down to single images, so that only an image failing alone fails."""
-        size = int(batch.shape[0])
-        try:
-            return list(self._infer(counter, batch))
-        except Exception as exc:  # the model's failure; which images it concerns is below
-            if size == 1 or not (splitting or is_out_of_memory(exc)):
-                return [exc] * size
-            if is_out_of_memory(exc):
-                self._shrink_after_oom(size, exc)
-            half = size // 2
-            return (self._forward_split(counter, batch[:half], splitting=True)
-                    + self._forward_split(counter, batch[half:], splitting=True))
-
-    def _shrink_after_oom(self, size: int, exc: Exception) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give back what the failed pass held
-        cap = size // 2
-        if self._forward_cap is None or cap < self._forward_cap:
-            log.warning("out of memory in a forward pass of %d images (%r): splitting it, and "
-                        "passes of at most %d from now on", size, exc, cap)
-            self._forward_cap, self._capped_passes = cap, 0
 
     def _infer(self, counter: BinCounter, batch: torch.Tensor) -> list[Prediction]:
         flag = self.config.model_fault_flag
@@ -412,6 +385,11 @@ class InferencePipeline:
         with self._cond:
             self._in_flight -= 1
             self._cond.notify_all()
+
+
+def streams_of(counter: BinCounter) -> int:
+    """The inference streams a counter was built for (1 without a tuned plan)."""
+    return counter.plan.streams if counter.plan is not None else 1
 
 
 def _outcome(item: WorkItem, result: Result, version: str) -> Outcome:

@@ -28,6 +28,9 @@ class Backend(Protocol):
 
     name: str
     device: torch.device
+    # True when ``logits`` may run from several threads at once (inference streams, see
+    # inference/autotune.py); a backend that is not is only ever run as one stream.
+    concurrent: bool
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw scores, one row per image (any device; the counter moves them to the host)."""
@@ -47,7 +50,9 @@ class LoadContext:
     cache_dir: Path
     # The largest batch the backend will see: fixed-shape engines pad up to it.
     max_batch_size: int
+    # Threads of each inference stream; ``streams`` threads call ``logits`` at once.
     threads: int
+    streams: int = 1
 
 
 def fixed_shape_logits(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,

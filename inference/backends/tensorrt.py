@@ -18,6 +18,7 @@ class TorchTensorRTBackend:
     saved as an ExportedProgram in the cache folder and reloaded on the next start."""
 
     name = "tensorrt"
+    concurrent = False  # one CUDA stream: a GPU runs one batch at a time well enough
 
     def __init__(self, module: Any, device: torch.device) -> None:
         self.module = module

@@ -20,6 +20,9 @@ class EagerBackend:
     """The model in eager PyTorch: channels_last, and bf16 autocast on CUDA."""
 
     name = "eager"
+    # torch's intra-op threads are one process-wide pool: two callers would share it rather
+    # than run side by side, so eager (and compiled) run as a single stream.
+    concurrent = False
 
     def __init__(self, model: nn.Module, device: torch.device, *,
                  channels_last: bool | None = None) -> None:

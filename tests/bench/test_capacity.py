@@ -116,6 +116,10 @@ def test_insert_rows_are_realistic() -> None:
         assert v.p_expected == v.class_probabilities[str(v.expected_quantity)]
     assert len({v.event_id for v in rows}) == 200
     assert {v.status.value for v in rows} >= {"match", "mismatch", "uncertain"}
-    ddl = scratch_ddl("s")
+    ddl = scratch_ddl("s", datetime(2026, 12, 1, 0, 1, tzinfo=UTC))
     assert "LIKE public.audit_results INCLUDING ALL" in ddl[1]
+    assert "PARTITION BY RANGE (captured_at)" in ddl[1]
     assert all("public.audit_results" not in stmt or "LIKE" in stmt for stmt in ddl)
+    # a minute past midnight on the 1st: rows up to a minute old fall in the month before
+    assert [s for s in ddl if "audit_results_y2026m11" in s or "audit_results_y2026m12" in s]
+    assert sum("PARTITION OF" in s for s in ddl) == 3

@@ -64,7 +64,8 @@ EXPECTED_OBJECTS = {
     ("Namespace", "binaudit"), ("ConfigMap", "binaudit-config"),
     ("ServiceAccount", "binaudit-worker"), ("ServiceAccount", "binaudit-serve"),
     ("ServiceAccount", "binaudit-console"), ("ServiceAccount", "binaudit-migrate"),
-    ("Job", "binaudit-migrate"), ("Deployment", "binaudit-worker"),
+    ("Job", "binaudit-migrate"), ("CronJob", "binaudit-partitions"),
+    ("Deployment", "binaudit-worker"),
     ("PodDisruptionBudget", "binaudit-worker"), ("ScaledObject", "binaudit-worker"),
     ("Deployment", "binaudit-serve"), ("Service", "binaudit-serve"),
     ("Deployment", "binaudit-console"), ("Service", "binaudit-console"),
@@ -162,10 +163,12 @@ def validate(obj: Obj) -> None:
 
 
 def pod_templates(objects: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
-    """(workload, pod spec) of every Deployment and Job."""
+    """(workload, pod spec) of every Deployment, Job and CronJob."""
     for obj in objects:
         if obj["kind"] in {"Deployment", "Job"}:
             yield obj, obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            yield obj, obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def containers(pod: Obj) -> list[Obj]:
@@ -640,6 +643,8 @@ def test_each_role_has_its_own_database_login() -> None:
                                                                                container)
     assert by_role[("binaudit-migrate", "upgrade")] == "binaudit-db-migrate"
     assert by_role[("binaudit-migrate", "console-db-login")] == "binaudit-db-migrate"
+    # Creating a partition needs the parent table's owner: the schema owner's login.
+    assert by_role[("binaudit-partitions", "ensure")] == "binaudit-db-migrate"
     assert by_role[("binaudit-worker", "worker")] == "binaudit-db-worker"
     assert by_role[("binaudit-console", "console")] == "binaudit-console"
     assert by_role[("binaudit-serve", "serve")] is None  # serve never touches Postgres
@@ -658,8 +663,8 @@ def test_aws_access_comes_from_the_pods_identity(target: str) -> None:
         account = accounts[pod["serviceAccountName"]]
         annotations = account["metadata"].get("annotations", {})
         arn = annotations.get("eks.amazonaws.com/role-arn")
-        if workload["kind"] == "Job":
-            assert arn is None, "the migration needs no AWS access"
+        if workload["kind"] in {"Job", "CronJob"}:
+            assert arn is None, "the migration and partition upkeep need no AWS access"
         else:
             assert arn is not None and role_arn.match(arn), workload["metadata"]["name"]
         assert pod["automountServiceAccountToken"] is False

@@ -4,7 +4,8 @@ falls back to eager with the reason logged, and the micro-batcher follows its pl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from core.model.artifact import load_artifact
 from core.model.export import ONNX_FILE, OPENVINO_DIR, OPENVINO_FILE, export_onnx, export_openvino
 from core.model.preprocess import ImageLimits, Preprocessor
 from core.settings import InferenceSettings
-from inference.autotune import Measurement, choose, open_counter, tune_artifact, wait_ms_for
+from inference.autotune import open_counter, tune_artifact
 from inference.batching import BatchPlan
+from inference.measure import Measurement, choose, stream_rate, wait_ms_for
 from inference.metrics import PipelineMetrics
 from inference.pipeline import InferencePipeline, PipelineConfig
 
@@ -30,6 +32,15 @@ def artifact(model_artifact_factory: Callable[..., Path]) -> Path:
     export_openvino(export_onnx(model, card, path / ONNX_FILE),
                     path / OPENVINO_DIR / OPENVINO_FILE)
     return path
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two torch threads, so that two single-thread streams are a candidate (CI may differ)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def settings(cache: Path, **values: object) -> InferenceSettings:
@@ -62,13 +73,13 @@ def test_choose_keeps_a_candidate_only_when_it_beats_the_others_beyond_their_spr
 
 
 def test_measurements_report_the_spread_of_interleaved_rounds() -> None:
-    from inference.autotune import ROUNDS, measure_interleaved
     from inference.backends.torch_backends import EagerBackend
+    from inference.measure import ROUNDS, measure_interleaved
 
     torch.manual_seed(0)
     backend = EagerBackend(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)),
                            torch.device("cpu"))
-    out = measure_interleaved([(backend, 1), (backend, 4)], 8, seconds=0.03 * ROUNDS)
+    out = measure_interleaved([(backend, 1, 1), (backend, 4, 1)], 8, seconds=0.03 * ROUNDS)
     assert [x.batch_size for x in out] == [1, 4]
     for x in out:
         assert x.rate_min is not None and x.rate_max is not None
@@ -76,15 +87,34 @@ def test_measurements_report_the_spread_of_interleaved_rounds() -> None:
         assert x.seconds_per_batch == pytest.approx(x.batch_size / x.images_per_s)
 
 
-def test_tunes_once_then_reads_the_cache(artifact: Path, tmp_path: Path) -> None:
+def test_streams_call_side_by_side() -> None:
+    def call() -> None:
+        time.sleep(0.02)  # releases the GIL, like a runtime's forward pass
+
+    one, two = stream_rate(call, 1, 0.3), stream_rate(call, 2, 0.3)
+    assert two > 1.6 * one  # two threads at once, not one after the other
+
+
+def test_choose_prefers_streams_only_beyond_the_spread() -> None:
+    two = m("onnxruntime", 4, 40, 1).model_copy(update={"streams": 2})
+    one = m("onnxruntime", 4, 30, 1)
+    assert choose([one, two]) == two
+    tied = two.model_copy(update={"images_per_s": 30.0, "rate_min": 29.0, "rate_max": 31.0})
+    assert choose([tied, one]) == one  # as fast as far as the rounds tell: fewer streams
+
+
+def test_tunes_once_then_reads_the_cache(artifact: Path, tmp_path: Path,
+                                         two_threads: None) -> None:
     inference = settings(tmp_path, tune_backends=("onnxruntime",))
     result, backend, _card, cached = tune_artifact(artifact, inference)
     assert not cached
-    measured = {(x.backend, x.batch_size) for x in result.measurements}
-    assert measured == {("onnxruntime", 1), ("onnxruntime", 4), ("eager", 1), ("eager", 4)}
+    measured = {(x.backend, x.batch_size, x.streams) for x in result.measurements}
+    # onnxruntime runs as 1 or 2 streams; eager only as one (torch's pool is process-wide).
+    assert measured == {("onnxruntime", 1, 1), ("onnxruntime", 4, 1), ("onnxruntime", 1, 2),
+                        ("onnxruntime", 4, 2), ("eager", 1, 1), ("eager", 4, 1)}
     best = max(result.measurements, key=lambda x: x.images_per_s)
-    chosen = next(x for x in result.measurements
-                  if (x.backend, x.batch_size) == (result.backend, result.batch_size))
+    chosen = next(x for x in result.measurements if (x.backend, x.batch_size, x.streams)
+                  == (result.backend, result.batch_size, result.streams))
     # The best median, or one the rounds cannot tell from it (its fastest round reaches the
     # best one's slowest): a short, noisy tuning may keep either.
     assert chosen.high >= best.low and result.images_per_s == chosen.images_per_s
@@ -95,6 +125,7 @@ def test_tunes_once_then_reads_the_cache(artifact: Path, tmp_path: Path) -> None
 
     again, backend2, _card, cached2 = tune_artifact(artifact, inference)
     assert cached2 and again == result and backend2.name == result.backend
+    assert open_counter(inference, artifact).plan == result.plan  # streams included
     # another device/candidate set is another cache entry
     other = settings(tmp_path, tune_backends=("openvino",))
     assert not tune_artifact(artifact, other)[3]
@@ -141,8 +172,10 @@ def test_choice_and_numbers_reach_the_metrics(artifact: Path, tmp_path: Path) ->
     InferencePipeline(counter, pre, config, lambda _: None,
                       metrics=PipelineMetrics(registry))
     assert registry.get_sample_value("binaudit_inference_backend", {
-        "backend": counter.backend_name, "max_batch_size": "2"}) == 1
+        "backend": counter.backend_name, "max_batch_size": "2",
+        "streams": str(counter.plan.streams)}) == 1
     for x in counter.tuning.measurements:
         assert registry.get_sample_value("binaudit_autotune_images_per_second", {
-            "backend": x.backend, "batch_size": str(x.batch_size)}) == pytest.approx(
+            "backend": x.backend, "batch_size": str(x.batch_size),
+            "streams": str(x.streams)}) == pytest.approx(
                 x.images_per_s)

@@ -84,7 +84,7 @@ def test_out_of_memory_halves_the_batch_and_every_image_gets_its_prediction(
         assert split.prediction.count == whole.prediction.count
         assert split.prediction.scores == pytest.approx(whole.prediction.scores, abs=1e-4)
     assert pipeline.faults.active() == {} and "model" not in pipeline.faults.retries()
-    assert pipeline._forward_cap == 2  # later batches go straight to a size that fits
+    assert pipeline._forwarder.cap == 2  # later batches go straight to a size that fits
 
 
 @pytest.mark.services

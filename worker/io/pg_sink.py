@@ -1,9 +1,12 @@
 """Postgres sink: one transaction per batch, idempotent on natural keys.
 
-``ON CONFLICT DO NOTHING`` on (event_id, model_version) and on (topic, partition, offset)
-makes a replayed batch (after a crash between the write and the offset commit) a no-op.
-A verdict that was not inserted because another *different* event holds its event id becomes
-a ``duplicate_event_id`` dead letter in the same transaction (``worker/io/duplicates.py``).
+Before inserting, the batch's (event_id, model_version) keys are looked up (one SELECT): a
+verdict whose key is held by the same event (a replayed batch after a crash between the
+write and the offset commit) is skipped; one whose key another *different* event holds
+becomes a ``duplicate_event_id`` dead letter in the same transaction
+(``worker/io/duplicates.py``). The rest go in with ``ON CONFLICT DO NOTHING`` on
+(event_id, model_version, captured_at) (a concurrent worker writing the same event), dead
+letters on (topic, partition, offset).
 The shadow model's verdicts (``shadow_results``, idempotent on (event_id, model_version)) ride
 in the same transaction; they never hold an offset back and never reach the auditors' tables.
 A lost connection raises ``SinkUnavailable``: the worker pauses, retries, and commits nothing.
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, tuple_
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -31,16 +34,21 @@ from core.tables import (
 from inference.outcomes import ShadowVerdict
 from schemas.records import AuditVerdict, DeadLetterRecord, DiscrepancyRecord, VerdictStatus
 from worker.io.duplicates import (
+    SAME_EVENT,
+    Key,
     Position,
     RecordSource,
     duplicate_letter,
+    judge,
     key_of,
     position_of,
-    same_event,
     split_in_batch,
 )
 
 log = logging.getLogger(__name__)
+
+# The idempotency key (uq_audit_results_event_model_captured): a redelivery meets it.
+CONFLICT_KEY = ["event_id", "model_version", "captured_at"]
 
 
 class SinkUnavailable(RuntimeError):
@@ -84,6 +92,24 @@ def _letter_rows(letters: list[DeadLetterRecord],
              "redrive_count": source((letter.topic, letter.partition,
                                       letter.offset)).redrive_count}
             for letter in letters]
+
+
+def _holders(conn: Connection, verdicts: list[AuditVerdict]) -> dict[Key, Any]:
+    """The rows that hold the verdicts' (event_id, model_version) keys: one SELECT, served by
+    the unique key's leading columns. Ids and versions are matched as two lists (one index
+    scan per partition) and the exact pairs picked here."""
+    keys = {key_of(v) for v in verdicts}
+    a = audit_results.c
+    rows = conn.execute(select(a.event_id, a.model_version, a.topic, a.partition, a.offset,
+                               *(a[name] for name in SAME_EVENT)).where(
+        a.event_id.in_(sorted({k[0] for k in keys})),
+        a.model_version.in_(sorted({k[1] for k in keys})))
+        .order_by(a.id))
+    holders: dict[Key, Any] = {}
+    for row in rows:
+        if (row.event_id, row.model_version) in keys:
+            holders.setdefault((row.event_id, row.model_version), row)  # the first written
+    return holders
 
 
 def _theirs(discrepancies: list[DiscrepancyRecord],
@@ -163,26 +189,23 @@ class ResultSink:
             result.duplicates.append(duplicate_letter(verdict, holder, source))
         if not first:
             return [], result
-        # RETURNING names the rows that went in; the rest met an existing key (committed,
-        # even by a concurrent worker: ON CONFLICT waited for it).
+        # The unique key includes captured_at (partitioning, migration 0010): a reused event
+        # id with another capture time would not conflict, so look the ids up first.
+        fresh, letters = judge(first, _holders(conn, first))
+        result.duplicates += [duplicate_letter(v, row, source) for v, row in letters]
+        if not fresh:
+            return [], result
+        # RETURNING names the rows that went in; the rest met a key committed since the
+        # lookup (a concurrent worker: ON CONFLICT waited for it).
         went_in = {tuple(r) for r in conn.execute(
-            insert(audit_results).on_conflict_do_nothing(
-                index_elements=["event_id", "model_version"]).returning(
+            insert(audit_results).on_conflict_do_nothing(index_elements=CONFLICT_KEY).returning(
                 audit_results.c.topic, audit_results.c.partition, audit_results.c.offset),
-            _rows(first))}
-        inserted = [v for v in first if position_of(v) in went_in]
-        met = [v for v in first if position_of(v) not in went_in]
+            _rows(fresh))}
+        inserted = [v for v in fresh if position_of(v) in went_in]
+        met = [v for v in fresh if position_of(v) not in went_in]
         if met:
-            holders = {(r.event_id, r.model_version): r for r in conn.execute(
-                select(audit_results).where(tuple_(
-                    audit_results.c.event_id, audit_results.c.model_version).in_(
-                    [key_of(v) for v in met])))}
-            for verdict in met:
-                row = holders.get(key_of(verdict))
-                if row is None or position_of(row) == position_of(verdict) \
-                        or same_event(row, verdict):
-                    continue  # a redelivery: the idempotent no-op
-                result.duplicates.append(duplicate_letter(verdict, row, source))
+            _, letters = judge(met, _holders(conn, met))
+            result.duplicates += [duplicate_letter(v, row, source) for v, row in letters]
         return inserted, result
 
     def reachable(self) -> bool:

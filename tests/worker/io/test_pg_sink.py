@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from core.settings import Settings
 from schemas.records import AuditVerdict, DiscrepancyRecord, VerdictStatus
-from worker.io.duplicates import RecordSource
+from worker.io.duplicates import RecordSource, position_of
 from worker.io.pg_sink import ResultSink, WriteBatch
 
 pytestmark = pytest.mark.services
@@ -23,11 +23,12 @@ CAPTURED = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
 
 def verdict(offset: int, *, event_id: str, topic: str, bin_id: str = "bin-1",
-            expected: int = 2, predicted: int = 3) -> AuditVerdict:
+            expected: int = 2, predicted: int = 3,
+            captured_at: datetime = CAPTURED) -> AuditVerdict:
     status = VerdictStatus.MATCH if expected == predicted else VerdictStatus.MISMATCH
     return AuditVerdict(
         event_id=event_id, bin_id=bin_id, image_uri=f"s3://b/{bin_id}.jpg",
-        captured_at=CAPTURED, expected_quantity=expected, predicted_quantity=predicted,
+        captured_at=captured_at, expected_quantity=expected, predicted_quantity=predicted,
         confidence=0.9, status=status, model_version="m-test", topic=topic, partition=0,
         offset=offset)
 
@@ -93,3 +94,30 @@ def test_the_judged_records_discrepancy_is_the_one_written(
                               discrepancies=[discrepancy(clash), discrepancy(first)]))
     assert rows(clean_db, "SELECT bin_id, expected_quantity FROM discrepancies "
                           "WHERE event_id=:e", e=event) == [("bin-1", 2)]
+
+
+def test_a_reused_event_id_with_another_capture_time_is_a_dead_letter(
+        services: Settings, clean_db: Engine) -> None:
+    """The unique key includes captured_at (monthly partitions, migration 0010), so only the
+    sink's own lookup catches a reused id whose capture time differs, in the same or
+    another month's partition."""
+    topic, event = f"t-{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex[:8]}"
+    first = verdict(0, event_id=event, topic=topic, expected=2, predicted=2)
+    later = [verdict(offset, event_id=event, topic=topic, expected=2, predicted=2,
+                     captured_at=CAPTURED + shift)
+             for offset, shift in ((1, timedelta(seconds=1)), (2, timedelta(days=40)))]
+    with ResultSink(services.db) as sink:
+        assert sink.write(batch(first)).duplicates == []
+        for reused in later:  # each against the written row, not within one batch
+            result = sink.write(batch(reused))
+            assert [(d.offset, d.error_kind.value) for d in result.duplicates] == [
+                (reused.offset, "duplicate_event_id")]
+            assert result.not_judged == {position_of(reused)}
+        assert sink.write(batch(first)).duplicates == []  # still the idempotent no-op
+
+    assert rows(clean_db, 'SELECT "offset" FROM audit_results WHERE event_id=:e',
+                e=event) == [(0,)]
+    letters = rows(clean_db, 'SELECT "offset", message FROM dead_letters WHERE topic=:t '
+                             'ORDER BY "offset"', t=topic)
+    assert [r.offset for r in letters] == [1, 2]
+    assert all(f"{topic}[0]@0" in r.message and "captured_at" in r.message for r in letters)
