@@ -27,9 +27,10 @@ import torch
 from bench.cpusplit import CpuSplit
 from bench.env import Rate
 from core.model.artifact import load_artifact
-from inference.autotune import artifact_fingerprint, threads_per_stream
+from inference.autotune import artifact_fingerprint
 from inference.backends import BackendUnavailable, LoadContext, load_backend
 from inference.counter import BinCounter
+from inference.measure import threads_per_stream
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import argparse
 import io
 import json
 import logging
+import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -89,7 +90,9 @@ def unpack(shard_dirs: list[Path], out: Path, workers: int = 8) -> int:
             tasks.append((str(path), sum(ix["lengths"][:s]), ix["start"] + s,
                           ix["lengths"][s:s + 500], str(out / "pixels.npy")))
     started, done = time.perf_counter(), 0
-    with ProcessPoolExecutor(workers) as pool:
+    # forkserver, not fork: the caller may be a many-threaded process (ONNX Runtime, OpenVINO
+    # and Kafka threads in a test session, a notebook), and forking one is unsafe.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         for n in pool.map(_decode, tasks):
             done += n
     log.info("unpacked %d images in %.1fs -> %s", done, time.perf_counter() - started, out)
