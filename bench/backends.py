@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from core.model.artifact import load_artifact
 from inference.autotune import artifact_fingerprint
 from inference.backends import BackendUnavailable, LoadContext, load_backend
 from inference.counter import BinCounter
-from inference.measure import threads_per_stream
+from inference.measure import run_streams, threads_per_stream
 
 log = logging.getLogger(__name__)
 
@@ -67,51 +66,26 @@ def backend_counter(artifact: Path, device: torch.device, backend: str, batch_si
     return BinCounter(load_backend(backend, ctx), card)
 
 
-def run_streams(counter: BinCounter, batch_size: int, streams: int, seconds: float, *,
-                at_end: Callable[[], None] | None = None) -> tuple[int, float]:
-    """``counter.infer`` on a batch of ``batch_size`` from ``streams`` threads at once for
-    ``seconds`` (each makes at least one call; the window ends when the last returns):
-    (images, elapsed seconds). The threads are named like the worker's (``infer-<i>``), so a
-    ``CpuSplit`` counts their CPU as the model's in both places; ``at_end`` runs once every
-    thread is done but before any exits (a thread's CPU ticks vanish with it)."""
+def counter_streams(counter: BinCounter, batch_size: int, streams: int, seconds: float, *,
+                    at_end: Callable[[], None] | None = None) -> tuple[int, float]:
+    """``counter.infer`` on a batch of ``batch_size`` from ``streams`` threads at once
+    (``inference.measure.run_streams``): (images, elapsed seconds). The threads are named like
+    the worker's (``infer-<i>``), so a ``CpuSplit`` counts their CPU as the model's in both
+    places; ``at_end`` samples it before they exit."""
     side = counter.card.input_size
     x = torch.randn(batch_size, 3, side, side)
-    counts = [0] * streams
-    start, done, release = threading.Barrier(streams + 1), threading.Barrier(streams + 1), \
-        threading.Event()
-    until: list[float] = []
-
-    def run(i: int) -> None:
-        start.wait()
-        while counts[i] < 1 or time.perf_counter() < until[0]:
-            counter.infer(x)  # returns host-side predictions: the device is synchronised
-            counts[i] += 1
-        done.wait()
-        release.wait()
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"infer-{i}", daemon=True)
-               for i in range(streams)]
-    for t in threads:
-        t.start()
-    started = time.perf_counter()
-    until.append(started + seconds)
-    start.wait()
-    done.wait()
-    elapsed = time.perf_counter() - started
-    if at_end is not None:
-        at_end()
-    release.set()
-    for t in threads:
-        t.join()
-    return batch_size * sum(counts), elapsed
+    # counter.infer returns host-side predictions: the device is synchronised
+    calls, elapsed = run_streams(lambda: counter.infer(x), streams, seconds, name="infer",
+                                 at_end=at_end)
+    return batch_size * calls, elapsed
 
 
 def alone_window(counter: BinCounter, batch_size: int, streams: int,
                  seconds: float) -> dict[str, Any]:
     """One model-alone window: images/s and where the CPU went (``bench.cpusplit``)."""
     with CpuSplit() as split:
-        images, elapsed = run_streams(counter, batch_size, streams, seconds,
-                                      at_end=split.sample)
+        images, elapsed = counter_streams(counter, batch_size, streams, seconds,
+                                          at_end=split.sample)
     return {"images_per_s": round(images / elapsed, 2), "images": images,
             "seconds": round(elapsed, 2), "cpu": split.as_dict(images)}
 
@@ -123,11 +97,11 @@ def measure_configs(counters: Mapping[str, tuple[BinCounter, int] | Measured], *
     configs = {label: (c[0], c[1], c[2] if len(c) == 3 else 1)
                for label, c in counters.items()}
     for counter, bs, streams in configs.values():
-        run_streams(counter, bs, streams, 0.0)
+        counter_streams(counter, bs, streams, 0.0)
     rates = {label: Rate() for label in configs}
     for _ in range(repeats):
         for label, (counter, bs, streams) in configs.items():
-            images, elapsed = run_streams(counter, bs, streams, min_seconds)
+            images, elapsed = counter_streams(counter, bs, streams, min_seconds)
             rates[label].samples.append(images / elapsed)
     return rates
 

@@ -60,28 +60,47 @@ def threads_per_stream(streams: int) -> int:
     return max(1, torch.get_num_threads() // streams)
 
 
-def stream_rate(call: Callable[[], object], streams: int, seconds: float) -> float:
-    """Calls/s of ``call`` from ``streams`` threads at once over ``seconds`` (each thread
-    makes at least one call; the window ends when the last one returns)."""
+def run_streams(call: Callable[[], object], streams: int, seconds: float, *,
+                name: str = "stream", at_end: Callable[[], None] | None = None
+                ) -> tuple[int, float]:
+    """``call`` from ``streams`` threads at once for ``seconds`` (each thread makes at least
+    one call; the window ends when the last one returns): (calls, elapsed seconds). The
+    threads are named ``<name>-<i>``; ``at_end`` runs once every thread is done but before
+    any exits (a profiler reading per-thread CPU loses a thread's ticks when it ends)."""
     counts = [0] * streams
-    until = time.perf_counter() + seconds
+    start, done = threading.Barrier(streams + 1), threading.Barrier(streams + 1)
+    release = threading.Event()
+    until: list[float] = []
 
     def run(i: int) -> None:
-        while counts[i] < 1 or time.perf_counter() < until:
+        start.wait()
+        while counts[i] < 1 or time.perf_counter() < until[0]:
             call()
             counts[i] += 1
+        done.wait()
+        release.wait()
 
+    threads = [threading.Thread(target=run, args=(i,), name=f"{name}-{i}", daemon=True)
+               for i in range(streams)]
+    for t in threads:
+        t.start()
     started = time.perf_counter()
-    if streams == 1:
-        run(0)
-    else:
-        threads = [threading.Thread(target=run, args=(i,), name=f"tune-{i}")
-                   for i in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    until.append(started + seconds)
+    start.wait()
+    done.wait()
+    elapsed = time.perf_counter() - started
+    if at_end is not None:
+        at_end()
+    release.set()
+    for t in threads:
+        t.join()
+    return sum(counts), elapsed
+
+
+def stream_rate(call: Callable[[], object], streams: int, seconds: float) -> float:
+    """Calls/s of ``call`` from ``streams`` threads at once over ``seconds``."""
+    calls, elapsed = run_streams(call, streams, seconds, name="tune")
+    return calls / elapsed
 
 
 def _forward(backend: Backend, x: torch.Tensor) -> Callable[[], object]:
