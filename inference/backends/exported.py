@@ -132,6 +132,29 @@ def _provider_list(provider: str, device: torch.device, trt_cache: Path | None,
     return [trt, cuda, "CPUExecutionProvider"]
 
 
+_OV_CORE: Any = None
+_OV_CORE_LOCK = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The process's one ``ov.Core``, never dropped.
+
+    OpenVINO's CPU plugin installs its own signal stack (sigaltstack) on the thread that builds
+    it and unmaps that stack when the plugin is destroyed, from whatever thread that happens
+    on. A plugin built on one thread and dropped on another, or two plugins dropped out of
+    order, leave a thread a dangling signal stack: its next Python signal handler (SIGCHLD,
+    SIGALRM, ...) is a SIGSEGV. A Core per backend did exactly that in the full test run. One
+    Core builds the plugin once and keeps it for the life of the process.
+    """
+    global _OV_CORE
+    with _OV_CORE_LOCK:
+        if _OV_CORE is None:
+            import openvino as ov
+
+            _OV_CORE = ov.Core()
+        return _OV_CORE
+
+
 class OpenVinoBackend:
     """OpenVINO's CPU plugin (Intel and AMD x86 CPUs): ``streams`` execution streams of
     ``threads`` threads each, one infer request per calling thread."""
@@ -144,11 +167,10 @@ class OpenVinoBackend:
         if device.type != "cpu":
             raise BackendUnavailable(f"the openvino backend runs on the CPU; device is {device}")
         try:
-            import openvino as ov
+            core = openvino_core()
         except ImportError as exc:
             raise BackendUnavailable("openvino is not installed") from exc
         self.device = device
-        core = ov.Core()
         if "CPU" not in core.available_devices:
             raise BackendUnavailable(f"OpenVINO sees no CPU device ({core.available_devices})")
         # Explicit streams instead of a performance hint: one stream is the latency setup,

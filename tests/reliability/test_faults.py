@@ -73,7 +73,10 @@ def test_sigkill_five_times_then_restart(harness: Any, sample_dir: Path, scenari
     h, rng = harness, random.Random(20260101)
     topic = h.topic()
     group = f"g-{topic}"
-    pub = h.publish(topic, sample_dir, 300)
+    # Each round takes up to ~100 rows (10-40 to the kill, a sub-second lag, the restart's first
+    # row); 300 events ran out before the fifth kill once, and the fifth restart had nothing left
+    # to recover on.
+    pub = h.publish(topic, sample_dir, 600)
     recoveries: list[float] = []
     kills: list[int] = []
     with offset_watch(topic, group) as watch:
@@ -84,6 +87,7 @@ def test_sigkill_five_times_then_restart(harness: Any, sample_dir: Path, scenari
             waiter(lambda t=threshold: h.written(topic) >= t, 180, f"{threshold} rows",
                    workers=(wp,))
             time.sleep(rng.uniform(0.0, 1.0))
+            assert h.written(topic) < pub.published, f"all rows written before kill {i + 1}"
             wp.kill()
             kills.append(h.written(topic))
             watch.check()

@@ -118,7 +118,9 @@ def test_a_reused_event_id_with_another_payload_is_a_dead_letter(
                              "WHERE topic=:t", t=topic)
     assert [(r.offset, r.error_kind, r.event_id) for r in letters] == [
         (3, "duplicate_event_id", event.event_id)]
-    assert f"{topic}[0]@0" in letters[0].message
+    # @0 and its redelivery @2 are the same event: with two infer streams either batch may be
+    # written first, and the verdict names whichever was.
+    assert any(f"from {topic}[0]@{o}," in letters[0].message for o in (0, 2)), letters[0].message
 
     # Against the row written by the first run: a later batch.
     with EventProducer(settings.kafka) as producer:
@@ -129,5 +131,5 @@ def test_a_reused_event_id_with_another_payload_is_a_dead_letter(
     assert second.events == 1 and second.dead_letters == {"duplicate_event_id": 1}
     verdicts = rows(clean_db, 'SELECT event_id, "offset" FROM audit_results WHERE topic=:t '
                               'ORDER BY "offset"', t=topic)
-    assert verdicts == [(report.event_ids[0], 0), (report.event_ids[1], 1)]
+    assert dict(verdicts) in [{report.event_ids[0]: o, report.event_ids[1]: 1} for o in (0, 2)]
     assert committed(settings) == 5
