@@ -6,22 +6,34 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-# Installation is redone only when pyproject.toml is newer than this stamp.
+# Installation is redone only when pyproject.toml or constraints.txt is newer than this stamp.
 STAMP := $(VENV)/.installed
+# The tested dependency versions (`make lock` re-resolves them).
+CONSTRAINTS := constraints.txt
 
-.PHONY: help venv system-deps services-up services-down services-status migrate test lint demo bench \
+.PHONY: help venv lock system-deps services-up services-down services-status migrate test lint demo bench \
         bench-data-scaling reliability schemas clean
 
 help:
-	@echo "make venv | services-up | services-down | services-status | migrate | test | lint"
+	@echo "make venv | lock | services-up | services-down | services-status | migrate | test | lint"
 	@echo "     demo | bench | bench-data-scaling | reliability | schemas | clean"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
+
+# Re-resolve pyproject.toml's ranges to the newest versions in a throwaway venv and record them.
+# Run `make test` on the result before committing it: a new release can break a test (moto
+# 5.2.6 broke IAM emulation).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ sed -n '1,2p' $(CONSTRAINTS); .lock-venv/bin/python -m pip freeze --exclude-editable; } \
+		> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .lock-venv
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -65,7 +65,7 @@ def test_import_refuses_a_cache_with_other_rows(pixels: Path, sample_dir: Path,
     other = tmp_path / "px32-16"
     cli("train", "pixels", "--source-dir", sample_dir, "--out", other, "--image-size", "32",
         "--limit", "16", "--workers", "0")
-    with pytest.raises(AssertionError, match=r"is not\s+the cache"):
+    with pytest.raises(AssertionError, match=r"is\s+not\s+the\s+cache"):
         cli("train", "whole-import", "--run", tmp_path / "out" / "lite0-s0.pt", "--pixels",
             other, "--results-dir", tmp_path / "r", "--results-md", tmp_path / "r" / "R.md")
 
